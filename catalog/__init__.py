@@ -1,0 +1,85 @@
+"""catalog: what imagery exists and how to read it, without decoding a pixel.
+
+A Collection is a GeoParquet table with one row per scene; for every asset it
+holds the href and the parsed GeoTIFF header (tile offsets and byte counts of
+every image, overview and mask; dtype; codec; transform; CRS), so a server can
+read any pixel without touching a file header again.
+
+Builders: :func:`build_from_files`, :func:`build_from_table`,
+:func:`build_from_stac` and :func:`build` (registered datasets). Open a saved
+Collection with :func:`load`.
+"""
+
+from ._build import build_from_files, build_from_table
+from ._collection import Collection, load
+from ._errors import (
+    AccessDeniedError,
+    BuildError,
+    BuildFailure,
+    CatalogError,
+    CollectionError,
+    DatasetNotFoundError,
+    HeaderError,
+    InvalidArgumentError,
+    ObjectNotFoundError,
+    SchemaVersionError,
+    StacError,
+    StorageError,
+    UnsupportedLayoutError,
+)
+from ._filters import WHERE_OPS, parse_date_range, select_rows
+from ._footprint import geometry_to_crs84
+from ._header import COMPRESSIONS, HeaderRecord, ImageRecord, parse_nodata
+from ._read import read_header, read_header_async
+from ._registry import DatasetEntry, build, get_dataset, list_datasets, register_dataset
+from ._schema import SCHEMA_VERSION, Band, asset_column
+from ._settings import Settings, parse_bytes, settings
+from ._stac import build_from_stac
+from ._stores import ObjectReader, RangeReader, StoreOptions, StoreRegistry, default_registry
+
+__all__ = [
+    "COMPRESSIONS",
+    "SCHEMA_VERSION",
+    "WHERE_OPS",
+    "AccessDeniedError",
+    "Band",
+    "BuildError",
+    "BuildFailure",
+    "CatalogError",
+    "Collection",
+    "CollectionError",
+    "DatasetEntry",
+    "DatasetNotFoundError",
+    "HeaderError",
+    "HeaderRecord",
+    "ImageRecord",
+    "InvalidArgumentError",
+    "ObjectNotFoundError",
+    "ObjectReader",
+    "RangeReader",
+    "SchemaVersionError",
+    "Settings",
+    "StacError",
+    "StorageError",
+    "StoreOptions",
+    "StoreRegistry",
+    "UnsupportedLayoutError",
+    "asset_column",
+    "build",
+    "build_from_files",
+    "build_from_stac",
+    "build_from_table",
+    "default_registry",
+    "geometry_to_crs84",
+    "get_dataset",
+    "list_datasets",
+    "load",
+    "parse_bytes",
+    "parse_date_range",
+    "parse_nodata",
+    "read_header",
+    "read_header_async",
+    "register_dataset",
+    "select_rows",
+    "settings",
+]

@@ -1,0 +1,243 @@
+"""Row selection over a Collection table: ids, dates, cloud cover, space, predicates.
+
+Pure functions over Arrow tables; the same rules serve ``Collection.subset``
+and the Flight ticket's ``filter``. Every bad argument raises
+:class:`~catalog.InvalidArgumentError` naming the argument.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import shapely
+from shapely.geometry.base import BaseGeometry
+
+from ._errors import InvalidArgumentError
+from ._footprint import geometry_to_crs84
+
+__all__ = ["WHERE_OPS", "as_geometry", "parse_date_range", "select_rows"]
+
+WHERE_OPS = ("==", "!=", "<", "<=", ">", ">=", "in", "not in", "is null", "is not null")
+CLOUD_COVER = "eo:cloud_cover"
+
+
+def _parse_instant(value: object, field: str, *, end: bool) -> dt.datetime | None:
+    if value is None or value == "" or value == "..":
+        return None
+    if isinstance(value, dt.datetime):
+        out = value
+    elif isinstance(value, dt.date):
+        out = dt.datetime(value.year, value.month, value.day)
+        if end:
+            out += dt.timedelta(days=1) - dt.timedelta(microseconds=1)
+    elif isinstance(value, str):
+        text = value.strip().replace("Z", "+00:00")
+        try:
+            if len(text) == 10:
+                return _parse_instant(dt.date.fromisoformat(text), field, end=end)
+            if len(text) == 7:  # YYYY-MM
+                y, m = (int(p) for p in text.split("-"))
+                start = dt.date(y, m, 1)
+                if not end:
+                    return _parse_instant(start, field, end=False)
+                nxt = dt.date(y + (m == 12), m % 12 + 1, 1)
+                return dt.datetime(nxt.year, nxt.month, nxt.day) - dt.timedelta(microseconds=1)
+            if len(text) == 4 and text.isdigit():
+                y = int(text)
+                return _parse_instant(dt.date(y, 12, 31) if end else dt.date(y, 1, 1), field,
+                                      end=end)
+            out = dt.datetime.fromisoformat(text)
+        except ValueError as exc:
+            raise InvalidArgumentError(
+                f"{field}: cannot read {value!r} as a date; use ISO 8601 such as "
+                "'2024-01-31' or '2024-01-31T12:00:00Z'"
+            ) from exc
+    else:
+        raise InvalidArgumentError(f"{field}: expected a date string or datetime, got {value!r}")
+    if out.tzinfo is None:
+        out = out.replace(tzinfo=dt.UTC)
+    return out.astimezone(dt.UTC)
+
+
+def parse_date_range(value: object, field: str = "date_range") -> tuple[dt.datetime | None,
+                                                                        dt.datetime | None]:
+    """``"2024-01-01/2024-06-30"`` or a 2-sequence -> inclusive UTC bounds (None = open)."""
+    if isinstance(value, str):
+        parts = value.split("/")
+        if len(parts) == 1:
+            parts = [parts[0], parts[0]]
+        if len(parts) != 2:
+            raise InvalidArgumentError(f"{field}: expected 'start/end', got {value!r}")
+        start_raw, end_raw = parts
+    elif isinstance(value, Sequence) and len(value) == 2:
+        start_raw, end_raw = value[0], value[1]
+    else:
+        raise InvalidArgumentError(
+            f"{field}: expected 'start/end' or [start, end], got {value!r}"
+        )
+    start = _parse_instant(start_raw, field, end=False)
+    end = _parse_instant(end_raw, field, end=True)
+    if start and end and start > end:
+        raise InvalidArgumentError(f"{field}: start {start} is after end {end}")
+    return start, end
+
+
+def as_geometry(value: object, field: str = "geometry") -> BaseGeometry:
+    """A shapely geometry from shapely, WKB bytes, WKT, a GeoJSON dict or a bbox 4-tuple."""
+    try:
+        if isinstance(value, BaseGeometry):
+            geom = value
+        elif isinstance(value, bytes | bytearray | memoryview):
+            geom = shapely.from_wkb(bytes(value))
+        elif isinstance(value, Mapping):
+            geom = shapely.from_geojson(json.dumps(value))
+        elif isinstance(value, str):
+            geom = shapely.from_wkt(value)
+        elif isinstance(value, Sequence) and len(value) == 4:
+            xmin, ymin, xmax, ymax = (float(v) for v in value)
+            if not (xmin <= xmax and ymin <= ymax):
+                raise InvalidArgumentError(
+                    f"{field}: bbox must be [xmin, ymin, xmax, ymax] with min <= max, got {value}"
+                )
+            geom = shapely.box(xmin, ymin, xmax, ymax)
+        else:
+            raise InvalidArgumentError(
+                f"{field}: expected a shapely geometry, WKB, WKT, GeoJSON or a 4-number bbox, "
+                f"got {type(value).__name__}"
+            )
+    except (shapely.errors.ShapelyError, ValueError, TypeError) as exc:
+        if isinstance(exc, InvalidArgumentError):
+            raise
+        raise InvalidArgumentError(f"{field}: not a valid geometry ({exc})") from exc
+    if geom is None or geom.is_empty:
+        raise InvalidArgumentError(f"{field}: the geometry is empty")
+    return geom
+
+
+def _column(table: pa.Table, name: str, field: str) -> pa.ChunkedArray:
+    if name not in table.column_names:
+        raise InvalidArgumentError(
+            f"{field}: the Collection has no column {name!r}; columns are "
+            f"{', '.join(c for c in table.column_names if not c.startswith('asset:'))}"
+        )
+    return table.column(name)
+
+
+def _where_mask(table: pa.Table, where: Sequence[Any]) -> pa.ChunkedArray | pa.Array | None:
+    if isinstance(where, str | bytes) or not isinstance(where, Sequence):
+        raise InvalidArgumentError("where: expected a list of [column, op, value] predicates")
+    mask = None
+    for i, pred in enumerate(where):
+        f = f"where[{i}]"
+        if isinstance(pred, str | bytes) or not isinstance(pred, Sequence) or len(pred) not in (2, 3):
+            raise InvalidArgumentError(f"{f}: expected [column, op, value], got {pred!r}")
+        name, op = pred[0], pred[1]
+        if not isinstance(name, str) or not isinstance(op, str):
+            raise InvalidArgumentError(f"{f}: column and op must be strings, got {pred!r}")
+        op = op.strip().lower()
+        if op not in WHERE_OPS:
+            raise InvalidArgumentError(f"{f}: unknown op {op!r}; use one of {', '.join(WHERE_OPS)}")
+        col = _column(table, name, f)
+        if op in ("is null", "is not null"):
+            m = pc.is_null(col) if op == "is null" else pc.is_valid(col)
+        else:
+            if len(pred) != 3:
+                raise InvalidArgumentError(f"{f}: op {op!r} needs a value")
+            value = pred[2]
+            try:
+                if op in ("in", "not in"):
+                    if isinstance(value, str | bytes) or not isinstance(value, Sequence):
+                        raise InvalidArgumentError(f"{f}: op {op!r} needs a list of values")
+                    values = pa.array(list(value)).cast(col.type)
+                    m = pc.is_in(col, value_set=values)
+                    if op == "not in":
+                        m = pc.invert(m)
+                else:
+                    scalar = pa.scalar(value).cast(col.type) if value is not None else None
+                    if scalar is None:
+                        raise InvalidArgumentError(f"{f}: use 'is null' to compare with null")
+                    fn = {"==": pc.equal, "!=": pc.not_equal, "<": pc.less,
+                          "<=": pc.less_equal, ">": pc.greater, ">=": pc.greater_equal}[op]
+                    m = fn(col, scalar)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
+                raise InvalidArgumentError(
+                    f"{f}: cannot compare column {name!r} ({col.type}) with {value!r}: {exc}"
+                ) from exc
+        m = pc.fill_null(m, False)
+        mask = m if mask is None else pc.and_(mask, m)
+    return mask
+
+
+def select_rows(
+    table: pa.Table,
+    *,
+    ids: Sequence[str] | None = None,
+    date_range: object = None,
+    cloud_cover_lt: float | None = None,
+    bbox: Sequence[float] | None = None,
+    geometry: object = None,
+    geometry_crs: str = "EPSG:4326",
+    where: Sequence[Any] | None = None,
+) -> np.ndarray:
+    """Indices of the rows that satisfy every given condition (all are ANDed)."""
+    n = table.num_rows
+    keep = np.ones(n, dtype=bool)
+
+    def apply(mask: pa.ChunkedArray | pa.Array) -> None:
+        nonlocal keep
+        arr = pc.fill_null(mask, False)
+        keep &= np.asarray(arr.to_numpy(zero_copy_only=False), dtype=bool)
+
+    if ids is not None:
+        if isinstance(ids, str) or not isinstance(ids, Sequence):
+            raise InvalidArgumentError("ids: expected a list of scene ids")
+        apply(pc.is_in(table.column("id"), value_set=pa.array([str(i) for i in ids], pa.string())))
+    if date_range is not None:
+        start, end = parse_date_range(date_range)
+        col = table.column("datetime")
+        if start is not None:
+            apply(pc.greater_equal(col, pa.scalar(start, col.type)))
+        if end is not None:
+            apply(pc.less_equal(col, pa.scalar(end, col.type)))
+    if cloud_cover_lt is not None:
+        if isinstance(cloud_cover_lt, bool) or not isinstance(cloud_cover_lt, int | float):
+            raise InvalidArgumentError(f"cloud_cover_lt: expected a number, got {cloud_cover_lt!r}")
+        col = _column(table, CLOUD_COVER, "cloud_cover_lt")
+        apply(pc.less(col, pa.scalar(float(cloud_cover_lt)).cast(col.type)))
+    if where is not None:
+        m = _where_mask(table, where)
+        if m is not None:
+            apply(m)
+    query: BaseGeometry | None = None
+    if bbox is not None:
+        query = as_geometry(list(bbox) if not isinstance(bbox, BaseGeometry) else bbox, "bbox")
+    if geometry is not None:
+        g = as_geometry(geometry, "geometry")
+        query = g if query is None else shapely.intersection(query, g)
+    if query is not None:
+        try:
+            q84 = geometry_to_crs84(query, geometry_crs)
+        except Exception as exc:
+            raise InvalidArgumentError(f"geometry_crs: cannot use {geometry_crs!r}: {exc}") from exc
+        qxmin, qymin, qxmax, qymax = q84.bounds
+        bb = table.column("bbox")
+        pre = pc.and_(
+            pc.and_(pc.less_equal(pc.struct_field(bb, "xmin"), qxmax),
+                    pc.greater_equal(pc.struct_field(bb, "xmax"), qxmin)),
+            pc.and_(pc.less_equal(pc.struct_field(bb, "ymin"), qymax),
+                    pc.greater_equal(pc.struct_field(bb, "ymax"), qymin)),
+        )
+        apply(pre)
+        candidates = np.flatnonzero(keep)
+        if candidates.size:
+            wkb = table.column("geometry").take(pa.array(candidates)).to_pylist()
+            geoms = shapely.from_wkb(wkb)
+            hit = shapely.intersects(geoms, q84)
+            keep[candidates[~np.asarray(hit, dtype=bool)]] = False
+    return np.flatnonzero(keep)

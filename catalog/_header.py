@@ -1,0 +1,553 @@
+"""The parsed header record of one GeoTIFF, and how raw IFDs become one.
+
+A :class:`HeaderRecord` holds everything the server needs to read any pixel
+of a file without touching its header again: the full-resolution image and
+every overview and internal mask (tile grids, offsets, byte counts, codec
+parameters), the dtype, the affine geotransform, the CRS, nodata and the
+per-band scale/offset/description from ``GDAL_METADATA``.
+
+Files the server cannot serve correctly are rejected here, at indexing time,
+with :class:`~catalog.UnsupportedLayoutError` naming the file and the reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import xml.etree.ElementTree as ET
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import cached_property, lru_cache
+from typing import Literal
+
+import numpy as np
+import pyproj
+
+from ._errors import HeaderError, UnsupportedLayoutError
+from ._geokeys import (
+    RASTER_TYPE,
+    GeoKeyError,
+    crs_from_geokeys,
+    geotransform_from_tags,
+    parse_geokeys,
+)
+from ._tiff import IFD, RawTiff
+
+__all__ = [
+    "COMPRESSIONS",
+    "HeaderRecord",
+    "ImageRecord",
+    "header_from_raw",
+]
+
+logger = logging.getLogger("cogflight.catalog")
+
+#: TIFF compression codes cogflight can decode, by name.
+COMPRESSIONS: dict[int, str] = {
+    1: "none",
+    5: "lzw",
+    7: "jpeg",
+    8: "deflate",
+    32946: "deflate",
+    32773: "packbits",
+    34887: "lerc",
+    34925: "lzma",
+    50000: "zstd",
+    50001: "webp",
+}
+_KNOWN_UNSUPPORTED = {
+    2: "CCITT RLE",
+    3: "CCITT Group 3",
+    4: "CCITT Group 4",
+    6: "old-style JPEG",
+    34712: "JPEG 2000",
+    50002: "JPEG XL",
+    52546: "JPEG XL",
+}
+_DTYPES = {
+    (1, 8): "uint8",
+    (1, 16): "uint16",
+    (1, 32): "uint32",
+    (1, 64): "uint64",
+    (2, 8): "int8",
+    (2, 16): "int16",
+    (2, 32): "int32",
+    (2, 64): "int64",
+    (3, 16): "float16",
+    (3, 32): "float32",
+    (3, 64): "float64",
+}
+_FILETYPE_REDUCED = 1
+_FILETYPE_MASK = 4
+_PHOTOMETRIC_MASK = 4
+_PHOTOMETRIC_YCBCR = 6
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class ImageRecord:
+    """One tiled image of a file: full resolution, an overview or a mask."""
+
+    width: int
+    height: int
+    tile_width: int
+    tile_height: int
+    compression: int
+    predictor: int
+    photometric: int
+    planar_config: int
+    bits_per_sample: int
+    tile_offsets: np.ndarray
+    tile_byte_counts: np.ndarray
+    jpeg_tables: bytes | None = None
+    ycbcr_subsampling: tuple[int, int] | None = None
+    lerc_parameters: tuple[int, ...] | None = None
+
+    @property
+    def tiles_across(self) -> int:
+        """Tile columns."""
+        return -(-self.width // self.tile_width)
+
+    @property
+    def tiles_down(self) -> int:
+        """Tile rows."""
+        return -(-self.height // self.tile_height)
+
+    def tile_index(self, row: int, col: int, plane: int = 0) -> int:
+        """Index into ``tile_offsets`` of a tile (``plane`` for band-interleaved files)."""
+        return (plane * self.tiles_down + row) * self.tiles_across + col
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ImageRecord):
+            return NotImplemented
+        return all(
+            np.array_equal(getattr(self, f), getattr(other, f))
+            if f in ("tile_offsets", "tile_byte_counts")
+            else getattr(self, f) == getattr(other, f)
+            for f in self.__dataclass_fields__
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+@dataclass(frozen=True, eq=False)
+class HeaderRecord:
+    """Everything needed to read any pixel of one GeoTIFF."""
+
+    href: str
+    byte_order: Literal["<", ">"]
+    bigtiff: bool
+    dtype: str
+    samples: int
+    sample_format: int
+    extra_samples: tuple[int, ...]
+    crs: str
+    geotransform: tuple[float, float, float, float, float, float]
+    raster_type: Literal["area", "point"]
+    nodata: str | None
+    scales: tuple[float | None, ...]
+    offsets: tuple[float | None, ...]
+    descriptions: tuple[str | None, ...]
+    gdal_metadata: str | None
+    levels: tuple[ImageRecord, ...]
+    masks: tuple[ImageRecord | None, ...]
+    round_trips: int = field(default=0, compare=False)
+    header_bytes: int = field(default=0, compare=False)
+
+    @property
+    def width(self) -> int:
+        """Full-resolution width in pixels."""
+        return self.levels[0].width
+
+    @property
+    def height(self) -> int:
+        """Full-resolution height in pixels."""
+        return self.levels[0].height
+
+    @property
+    def overview_count(self) -> int:
+        """Number of reduced-resolution images."""
+        return len(self.levels) - 1
+
+    @property
+    def has_mask(self) -> bool:
+        """Whether the full-resolution image has an internal mask."""
+        return bool(self.masks) and self.masks[0] is not None
+
+    @cached_property
+    def pyproj_crs(self) -> pyproj.CRS:
+        """The CRS as a pyproj object."""
+        return _crs_from_string(self.crs)
+
+    @property
+    def nodata_value(self) -> float | int | None:
+        """Nodata parsed for this file's dtype (int for integer dtypes, float otherwise)."""
+        return parse_nodata(self.nodata, self.dtype)
+
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        """``(xmin, ymin, xmax, ymax)`` of the full raster in its CRS."""
+        x0, dx, _, y0, _, dy = self.geotransform
+        xs = (x0, x0 + dx * self.width)
+        ys = (y0, y0 + dy * self.height)
+        return (min(xs), min(ys), max(xs), max(ys))
+
+    def level_geotransform(self, level: int) -> tuple[float, float, float, float, float, float]:
+        """Geotransform of an overview level, scaled as GDAL does (by the size ratio)."""
+        x0, dx, rx, y0, ry, dy = self.geotransform
+        img = self.levels[level]
+        sx = self.width / img.width
+        sy = self.height / img.height
+        return (x0, dx * sx, rx, y0, ry, dy * sy)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, HeaderRecord):
+            return NotImplemented
+        return all(
+            getattr(self, f) == getattr(other, f)
+            for f, spec in self.__dataclass_fields__.items()
+            if spec.compare
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+@lru_cache(maxsize=256)
+def _crs_from_string(text: str) -> pyproj.CRS:
+    return pyproj.CRS.from_user_input(text)
+
+
+def parse_nodata(text: str | None, dtype: str) -> float | int | None:
+    """Parse a GDAL_NODATA string for a dtype; None when absent or unparsable."""
+    if text is None:
+        return None
+    t = text.strip()
+    if not t:
+        return None
+    try:
+        value = float(t)
+    except ValueError:
+        return None
+    if np.dtype(dtype).kind in "iu":
+        if not math.isfinite(value):
+            return None
+        try:
+            return int(t)
+        except ValueError:
+            return int(value)
+    return value
+
+
+@lru_cache(maxsize=256)
+def _crs_string(items: tuple[tuple[int, object], ...]) -> str:
+    crs = crs_from_geokeys(dict(items))  # type: ignore[arg-type]
+    auth = crs.to_authority(min_confidence=100)
+    if auth is not None:
+        return f"{auth[0]}:{auth[1]}"
+    return str(crs.to_wkt())
+
+
+def _first(values: object, default: int | None = None) -> int | None:
+    if values is None:
+        return default
+    arr = np.asarray(values).ravel()
+    return int(arr[0]) if arr.size else default
+
+
+def _as_bytes(value: object) -> bytes | None:
+    """UNDEFINED tags decode to bytes, BYTE-typed ones to arrays; accept both."""
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, np.ndarray):
+        return value.astype(np.uint8).tobytes()
+    return None
+
+
+def _uniform(href: str, values: object, what: str, default: int) -> int:
+    if values is None:
+        return default
+    arr = np.asarray(values).ravel()
+    if arr.size == 0:
+        return default
+    if not np.all(arr == arr[0]):
+        raise UnsupportedLayoutError(
+            href, f"samples differ in {what} ({sorted(set(arr.tolist()))}); cogflight needs one"
+        )
+    return int(arr[0])
+
+
+def _image(href: str, ifd: IFD, *, is_mask: bool) -> tuple[ImageRecord, int, int]:
+    """Interpret one IFD as a tiled image; returns the image, samples and sample format."""
+    tags = ifd.tags
+    where = f"IFD at byte {ifd.offset}"
+    width = _first(tags.get(256))
+    height = _first(tags.get(257))
+    if width is None or height is None:
+        raise HeaderError(href, f"{where} lacks ImageWidth/ImageLength")
+    if not (0 < width < 2**31 and 0 < height < 2**31):
+        raise HeaderError(href, f"{where} has an impossible size {width} x {height}")
+    if 322 not in tags or 323 not in tags:
+        if 273 in ifd.present:
+            raise UnsupportedLayoutError(
+                href,
+                "stripped (not tiled) layout; convert it to a tiled cloud-optimized GeoTIFF, "
+                "e.g. `gdal_translate -of COG in.tif out.tif`",
+            )
+        raise HeaderError(href, f"{where} has neither tiles nor strips")
+    tw = _first(tags[322]) or 0
+    th = _first(tags[323]) or 0
+    if not (0 < tw <= 65536 and 0 < th <= 65536):
+        raise HeaderError(href, f"{where} has an impossible tile size {tw} x {th}")
+    samples = _first(tags.get(277), 1) or 1
+    if not 0 < samples <= 65535:
+        raise HeaderError(href, f"{where} declares {samples} samples per pixel")
+    bits = _uniform(href, tags.get(258), "bits per sample", 1)
+    sample_format = _uniform(href, tags.get(339), "sample format", 1)
+    compression = _first(tags.get(259), 1) or 1
+    photometric = _first(tags.get(262), 1)
+    planar = _first(tags.get(284), 1) or 1
+    predictor = _first(tags.get(317), 1) or 1
+    if planar not in (1, 2):
+        raise HeaderError(href, f"{where} has invalid PlanarConfiguration {planar}")
+    if compression not in COMPRESSIONS:
+        name = _KNOWN_UNSUPPORTED.get(compression, "unknown")
+        raise UnsupportedLayoutError(
+            href,
+            f"compression {compression} ({name}) is not supported; supported are "
+            f"{', '.join(sorted(set(COMPRESSIONS.values())))}",
+        )
+    if predictor not in (1, 2, 3):
+        raise UnsupportedLayoutError(href, f"predictor {predictor} is not supported")
+    tiles = (-(-width // tw)) * (-(-height // th)) * (samples if planar == 2 else 1)
+    offsets = tags.get(324)
+    counts = tags.get(325)
+    if offsets is None or counts is None:
+        raise HeaderError(href, f"{where} is tiled but lacks TileOffsets/TileByteCounts")
+    offsets_arr = np.asarray(offsets, dtype=np.uint64).ravel()
+    counts_arr = np.asarray(counts, dtype=np.uint64).ravel()
+    if offsets_arr.size != tiles or counts_arr.size != tiles:
+        raise HeaderError(
+            href,
+            f"{where} holds {offsets_arr.size} tile offsets and {counts_arr.size} byte counts, "
+            f"expected {tiles} for {width} x {height} with {tw} x {th} tiles",
+        )
+    jpeg_tables = tags.get(347)
+    ycbcr = tags.get(530)
+    lerc = tags.get(50674)
+    image = ImageRecord(
+        width=width,
+        height=height,
+        tile_width=tw,
+        tile_height=th,
+        compression=compression,
+        predictor=predictor,
+        photometric=photometric if photometric is not None else 1,
+        planar_config=planar,
+        bits_per_sample=bits,
+        tile_offsets=offsets_arr,
+        tile_byte_counts=counts_arr,
+        jpeg_tables=_as_bytes(jpeg_tables),
+        ycbcr_subsampling=(
+            tuple(int(v) for v in np.asarray(ycbcr).ravel()[:2])  # type: ignore[arg-type]
+            if ycbcr is not None and photometric == _PHOTOMETRIC_YCBCR
+            else ((2, 2) if photometric == _PHOTOMETRIC_YCBCR else None)
+        ),
+        lerc_parameters=(
+            tuple(int(v) for v in np.asarray(lerc).ravel()) if lerc is not None else None
+        ),
+    )
+    if not is_mask:
+        _check_codec(href, image, samples, sample_format, bits)
+    return image, samples, sample_format
+
+
+def _check_codec(href: str, img: ImageRecord, samples: int, sample_format: int, bits: int) -> None:
+    dtype = _DTYPES.get((sample_format, bits))
+    if dtype is None:
+        kind = {1: "unsigned", 2: "signed", 3: "float", 4: "void", 5: "complex int", 6: "complex"}
+        raise UnsupportedLayoutError(
+            href,
+            f"{bits}-bit {kind.get(sample_format, str(sample_format))} samples are not "
+            "supported (8/16/32/64-bit integers and 16/32/64-bit floats are)",
+        )
+    name = COMPRESSIONS[img.compression]
+    if img.predictor == 3 and sample_format != 3:
+        raise UnsupportedLayoutError(href, "floating-point predictor (3) on integer samples")
+    if name == "jpeg" and dtype != "uint8":
+        raise UnsupportedLayoutError(href, f"JPEG compression of {dtype} samples is not supported")
+    if img.photometric == _PHOTOMETRIC_YCBCR and name != "jpeg":
+        raise UnsupportedLayoutError(
+            href, "YCbCr photometric without JPEG compression is not supported"
+        )
+    if img.photometric >= 8:
+        raise UnsupportedLayoutError(
+            href, f"photometric interpretation {img.photometric} (CIE Lab/Log) is not supported"
+        )
+    if name == "webp" and (dtype != "uint8" or samples not in (3, 4) or img.planar_config != 1):
+        raise UnsupportedLayoutError(
+            href, "WebP tiles must hold 3 or 4 interleaved uint8 samples"
+        )
+
+
+_ITEM_SAMPLE = re.compile(r"^\d+$")
+
+
+def parse_gdal_metadata(
+    text: str | None, samples: int
+) -> tuple[tuple[float | None, ...], tuple[float | None, ...], tuple[str | None, ...]]:
+    """Per-sample scale, offset and description from a GDAL_METADATA XML string."""
+    scales: list[float | None] = [None] * samples
+    offsets: list[float | None] = [None] * samples
+    descriptions: list[str | None] = [None] * samples
+    if not text or "<!DOCTYPE" in text or "<!ENTITY" in text:
+        return tuple(scales), tuple(offsets), tuple(descriptions)
+    try:
+        root = ET.fromstring(text)
+    except ET.ParseError:
+        logger.warning("ignoring unparsable GDAL_METADATA (%d characters)", len(text))
+        return tuple(scales), tuple(offsets), tuple(descriptions)
+    for item in root.iter("Item"):
+        sample = item.get("sample")
+        role = (item.get("role") or "").lower()
+        name = (item.get("name") or "").upper()
+        if sample is None or not _ITEM_SAMPLE.match(sample):
+            continue
+        i = int(sample)
+        if not 0 <= i < samples:
+            continue
+        value = (item.text or "").strip()
+        try:
+            if role == "scale" or name == "SCALE":
+                scales[i] = float(value)
+            elif role == "offset" or name == "OFFSET":
+                offsets[i] = float(value)
+            elif role == "description" or name == "DESCRIPTION":
+                descriptions[i] = value
+        except ValueError:
+            logger.warning("ignoring GDAL_METADATA item %s=%r", name, value)
+    return tuple(scales), tuple(offsets), tuple(descriptions)
+
+
+def header_from_raw(href: str, raw: RawTiff) -> HeaderRecord:
+    """Interpret the IFDs of a file as a servable GeoTIFF.
+
+    Raises:
+        HeaderError: the IFDs contradict themselves.
+        UnsupportedLayoutError: valid TIFF the server cannot serve correctly.
+    """
+    mains: list[IFD] = []
+    overviews: list[IFD] = []
+    mask_ifds: list[IFD] = []
+    for ifd in raw.ifds:
+        subfile = _first(ifd.tags.get(254), 0) or 0
+        old_subfile = _first(ifd.tags.get(255), 0) or 0
+        photometric = _first(ifd.tags.get(262), 1)
+        if subfile & _FILETYPE_MASK and photometric == _PHOTOMETRIC_MASK:
+            mask_ifds.append(ifd)
+        elif subfile & _FILETYPE_REDUCED or old_subfile == 2:
+            overviews.append(ifd)
+        elif subfile & _FILETYPE_MASK:
+            raise UnsupportedLayoutError(
+                href, f"IFD at byte {ifd.offset} is a transparency mask that is not 1-bit/8-bit"
+            )
+        else:
+            mains.append(ifd)
+    if not mains:
+        raise HeaderError(href, "no full-resolution image (every IFD is an overview or mask)")
+    if len(mains) > 1:
+        raise UnsupportedLayoutError(
+            href,
+            f"{len(mains)} full-resolution images (a multi-page TIFF); cogflight serves "
+            "single-image GeoTIFFs: split the pages into separate files",
+        )
+    main = mains[0]
+    base, samples, sample_format = _image(href, main, is_mask=False)
+    dtype = _DTYPES[(sample_format, base.bits_per_sample)]
+
+    levels = [base]
+    for ifd in sorted(overviews, key=lambda i: -(_first(i.tags.get(256)) or 0)):
+        img, ov_samples, ov_format = _image(href, ifd, is_mask=False)
+        if (ov_samples, ov_format, img.bits_per_sample) != (
+            samples,
+            sample_format,
+            base.bits_per_sample,
+        ):
+            raise UnsupportedLayoutError(
+                href, f"overview {img.width} x {img.height} differs from the image in sample layout"
+            )
+        if img.width > base.width or img.height > base.height:
+            raise HeaderError(href, "an overview is larger than the full-resolution image")
+        levels.append(img)
+
+    masks: list[ImageRecord | None] = [None] * len(levels)
+    for ifd in mask_ifds:
+        img, _, _ = _image(href, ifd, is_mask=True)
+        if img.bits_per_sample not in (1, 8):
+            raise UnsupportedLayoutError(href, f"{img.bits_per_sample}-bit internal mask")
+        match = [
+            i
+            for i, lv in enumerate(levels)
+            if (lv.width, lv.height) == (img.width, img.height) and masks[i] is None
+        ]
+        if not match:
+            logger.warning("%s: internal mask %d x %d matches no image; ignored",
+                           href, img.width, img.height)
+            continue
+        masks[match[0]] = img
+    if all(m is None for m in masks):
+        masks = []
+
+    tags = main.tags
+    directory = tags.get(34735)
+    keys: dict[int, object] = {}
+    try:
+        if directory is not None:
+            doubles = tags.get(34736)
+            ascii_params = tags.get(34737)
+            keys = parse_geokeys(
+                np.asarray(directory),
+                np.asarray(doubles) if doubles is not None else None,
+                ascii_params if isinstance(ascii_params, str) else None,
+            )  # type: ignore[assignment]
+        pixel_is_point = keys.get(RASTER_TYPE) == 2
+        geotransform = geotransform_from_tags(tags, pixel_is_point)
+        if directory is None:
+            raise GeoKeyError(
+                "the file has a geotransform but no GeoKeyDirectory (no CRS); assign a CRS, "
+                "e.g. `gdal_edit.py -a_srs EPSG:XXXX`"
+            )
+        crs = _crs_string(tuple(sorted((k, v) for k, v in keys.items() if k != RASTER_TYPE)))
+    except GeoKeyError as exc:
+        raise UnsupportedLayoutError(href, str(exc)) from exc
+
+    extra = tags.get(338)
+    gdal_metadata = tags.get(42112)
+    gdal_metadata_text = gdal_metadata if isinstance(gdal_metadata, str) else None
+    nodata = tags.get(42113)
+    scales, offsets, descriptions = parse_gdal_metadata(gdal_metadata_text, samples)
+    return HeaderRecord(
+        href=href,
+        byte_order="<" if raw.byte_order == "<" else ">",
+        bigtiff=raw.bigtiff,
+        dtype=dtype,
+        samples=samples,
+        sample_format=sample_format,
+        extra_samples=tuple(int(v) for v in np.asarray(extra).ravel()) if extra is not None else (),
+        crs=crs,
+        geotransform=geotransform,
+        raster_type="point" if pixel_is_point else "area",
+        nodata=nodata.strip() if isinstance(nodata, str) and nodata.strip() else None,
+        scales=scales,
+        offsets=offsets,
+        descriptions=descriptions,
+        gdal_metadata=gdal_metadata_text,
+        levels=tuple(levels),
+        masks=tuple(masks),
+        round_trips=raw.round_trips,
+        header_bytes=raw.bytes_read,
+    )
+
+
+def levels_summary(levels: Sequence[ImageRecord]) -> str:
+    """``"10980x10980, 5490x5490, ..."`` for logs."""
+    return ", ".join(f"{lv.width}x{lv.height}" for lv in levels)

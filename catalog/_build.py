@@ -9,20 +9,24 @@ failures without losing successes, and writes the Collection table.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from importlib.metadata import version
 from pathlib import PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit
 
 import numpy as np
+import obstore
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import pyproj
 import shapely
 from shapely.geometry.base import BaseGeometry
 
@@ -53,9 +57,7 @@ from ._stores import PERSISTED_OPTION_KEYS, StoreOptions, StoreRegistry, normali
 __all__ = ["BandSpec", "SceneSpec", "assemble", "build_from_files", "build_from_table"]
 
 logger = logging.getLogger("cogflight.catalog")
-DatetimeArg = (
-    dt.datetime | dt.date | str | Mapping[str, Any] | Callable[[str], Any] | None
-)
+DatetimeArg = dt.datetime | dt.date | str | Mapping[str, Any] | Callable[[str], Any] | None
 
 
 @dataclass
@@ -109,8 +111,11 @@ def to_utc(value: Any, field_name: str = "datetime") -> dt.datetime | None:
     elif isinstance(value, str):
         text = value.strip().replace("Z", "+00:00")
         try:
-            out = (dt.datetime(int(text), 1, 1) if text.isdigit() and len(text) == 4
-                   else dt.datetime.fromisoformat(text))
+            out = (
+                dt.datetime(int(text), 1, 1)
+                if text.isdigit() and len(text) == 4
+                else dt.datetime.fromisoformat(text)
+            )
         except ValueError as exc:
             raise InvalidArgumentError(
                 f"{field_name}: cannot read {value!r} as a date/time (use ISO 8601)"
@@ -136,8 +141,11 @@ def _resolve_bands(
     out = list(bands)
     for asset, namer in auto.items():
         header = next(
-            (results[s.assets[asset]].record for s in scenes
-             if asset in s.assets and results[s.assets[asset]].record is not None),
+            (
+                results[s.assets[asset]].record
+                for s in scenes
+                if asset in s.assets and results[s.assets[asset]].record is not None
+            ),
             None,
         )
         if header is None:
@@ -233,8 +241,10 @@ async def assemble_async(
 
     resolved = _resolve_bands(bands, auto, scenes, results)
     if not resolved:
-        failures = [_failure(None, r.href, r.error) for r in results.values() if r.error]
-        raise BuildError(f"no header of Collection {name!r} could be read", failures)
+        raise BuildError(
+            f"no scene of Collection {name!r} could be indexed: no header could be read",
+            [_failure(None, r.href, r.error) for r in results.values() if r.error],
+        )
     assets = list(dict.fromkeys(b.asset for b in resolved))
     needed_samples: dict[str, int] = {}
     for b in resolved:
@@ -248,8 +258,9 @@ async def assemble_async(
         for asset in assets:
             href = scene.assets.get(asset)
             if href is None:
-                problem = BuildFailure(scene.id, None, "MissingAsset",
-                                       f"scene has no asset {asset!r}")
+                problem = BuildFailure(
+                    scene.id, None, "MissingAsset", f"scene has no asset {asset!r}"
+                )
                 break
             res = results[href]
             if res.error is not None:
@@ -258,9 +269,10 @@ async def assemble_async(
             assert res.record is not None
             if res.record.samples < needed_samples[asset]:
                 problem = BuildFailure(
-                    scene.id, href, "BandMismatch",
-                    f"file has {res.record.samples} samples but bands need "
-                    f"{needed_samples[asset]}",
+                    scene.id,
+                    href,
+                    "BandMismatch",
+                    f"file has {res.record.samples} samples but bands need {needed_samples[asset]}",
                 )
                 break
             headers[asset] = res.record
@@ -268,7 +280,9 @@ async def assemble_async(
             crss = {h.crs for h in headers.values()}
             if len(crss) > 1:
                 problem = BuildFailure(
-                    scene.id, None, "MixedCRS",
+                    scene.id,
+                    None,
+                    "MixedCRS",
                     f"assets of one scene use different CRSs ({', '.join(sorted(crss))[:300]})",
                 )
         if problem is not None:
@@ -279,13 +293,17 @@ async def assemble_async(
     if failures:
         logger.warning(
             "Collection %r: %d of %d scenes failed, e.g. %s",
-            name, len(failures), len(scenes), failures[0],
+            name,
+            len(failures),
+            len(scenes),
+            failures[0],
         )
     if not ok:
         raise BuildError(f"no scene of Collection {name!r} could be indexed", failures)
     if strict and failures:
-        raise BuildError(f"{len(failures)} scenes of Collection {name!r} failed (strict=True)",
-                         failures)
+        raise BuildError(
+            f"{len(failures)} scenes of Collection {name!r} failed (strict=True)", failures
+        )
 
     table = _scene_table(ok, assets, passthrough)
     first = {a: ok[0][1][a] for a in assets}
@@ -301,12 +319,17 @@ async def assemble_async(
                 sample=b.sample,
                 dtype=h.dtype,
                 nodata=h.nodata if h.nodata is not None else extra.get("nodata"),
-                scale=h.scales[b.sample] if h.scales and h.scales[b.sample] is not None
+                scale=h.scales[b.sample]
+                if h.scales and h.scales[b.sample] is not None
                 else extra.get("scale"),
-                offset=h.offsets[b.sample] if h.offsets and h.offsets[b.sample] is not None
+                offset=h.offsets[b.sample]
+                if h.offsets and h.offsets[b.sample] is not None
                 else extra.get("offset"),
-                description=(h.descriptions[b.sample] if h.descriptions
-                             and h.descriptions[b.sample] else extra.get("description")),
+                description=(
+                    h.descriptions[b.sample]
+                    if h.descriptions and h.descriptions[b.sample]
+                    else extra.get("description")
+                ),
             ).to_json()
         )
     persisted = {k: v for k, v in dict(store_options or {}).items() if k in PERSISTED_OPTION_KEYS}
@@ -332,7 +355,11 @@ async def assemble_async(
     geo = geo_metadata([g.geom_type for g in geoms], bounds.tolist())
     logger.info(
         "built Collection %r: %d scenes, %d bands, %d failures in %.2f s",
-        name, len(ok), len(resolved), len(failures), elapsed,
+        name,
+        len(ok),
+        len(resolved),
+        len(failures),
+        elapsed,
     )
     return Collection._from_parts(table, meta, geo, failures)
 
@@ -349,8 +376,9 @@ def _scene_table(
     for scene, headers in ok:
         h = headers[assets[0]]
         crs.append(h.crs)
-        geoms.append(scene.geometry if scene.geometry is not None
-                     else bounds_footprint(h.bounds, h.crs))
+        geoms.append(
+            scene.geometry if scene.geometry is not None else bounds_footprint(h.bounds, h.crs)
+        )
     bboxes = [dict(zip(("xmin", "ymin", "xmax", "ymax"), g.bounds, strict=True)) for g in geoms]
     columns: dict[str, pa.Array | pa.ChunkedArray] = {
         "id": pa.array(ids, pa.string()),
@@ -366,8 +394,8 @@ def _scene_table(
             if col in columns or col.startswith(ASSET_PREFIX):
                 raise InvalidArgumentError(
                     f"pass-through column {col!r} clashes with a Collection column "
-                    f"({', '.join(RESERVED_COLUMNS)}, asset:*); pass rename={{{col!r}: 'new_name'}} "
-                    "or leave it out with columns=[...]"
+                    f"({', '.join(RESERVED_COLUMNS)}, asset:*); pass "
+                    f"rename={{{col!r}: 'new_name'}} or leave it out with columns=[...]"
                 )
             columns[col] = taken.column(col)
     for asset in assets:
@@ -378,8 +406,6 @@ def _scene_table(
 
 def _version() -> str:
     try:
-        from importlib.metadata import version
-
         return version("cogflight")
     except Exception:  # not installed (running from a source tree)
         return "0+unknown"
@@ -462,8 +488,9 @@ def build_from_files(
                     )
                 assets[band] = normalize_href(href)
             first = next(iter(assets.values()))
-            scenes.append(SceneSpec(str(scene_id), _datetime_for(datetime, str(scene_id), first),
-                                    assets))
+            scenes.append(
+                SceneSpec(str(scene_id), _datetime_for(datetime, str(scene_id), first), assets)
+            )
         band_specs = [BandSpec(b, b, samples[b]) for b in order]
     else:
         if isinstance(sources, str | os.PathLike) or not isinstance(sources, Sequence):
@@ -505,15 +532,22 @@ def build_from_files(
 def _href_sample(target: Any, where: str) -> tuple[str, int]:
     if isinstance(target, str | os.PathLike):
         return str(target), 0
-    if (isinstance(target, Sequence) and len(target) == 2
-            and isinstance(target[0], str | os.PathLike) and isinstance(target[1], int)):
+    if (
+        isinstance(target, Sequence)
+        and len(target) == 2
+        and isinstance(target[0], str | os.PathLike)
+        and isinstance(target[1], int)
+    ):
         if target[1] < 0:
             raise InvalidArgumentError(f"{where}: sample index must be >= 0")
         return str(target[0]), int(target[1])
     raise InvalidArgumentError(f"{where}: expected an href or (href, sample), got {target!r}")
 
 
-def _read_table(table_or_path: Any) -> tuple[pa.Table, str | None]:
+def read_table(
+    table_or_path: Any, *, store_options: StoreOptions | None = None
+) -> tuple[pa.Table, str | None]:
+    """An Arrow table from a table-like object or a Parquet path/URL, and where it came from."""
     if isinstance(table_or_path, pa.Table):
         return table_or_path, None
     if isinstance(table_or_path, pa.RecordBatch):
@@ -524,9 +558,7 @@ def _read_table(table_or_path: Any) -> tuple[pa.Table, str | None]:
         where = normalize_href(table_or_path)
         try:
             if "://" in where:
-                import obstore
-
-                store, path = StoreRegistry().resolve(where)
+                store, path = StoreRegistry(store_options).resolve(where)
                 data = obstore.get(store, path).bytes()
                 return pq.read_table(pa.BufferReader(memoryview(data))), where
             return pq.read_table(where), where
@@ -560,8 +592,11 @@ def _stac_geoparquet_bands(table: pa.Table) -> dict[str, str]:
     out = {}
     for f in t:
         if pa.types.is_struct(f.type) and f.type.get_field_index("href") >= 0:
-            types = (pc.struct_field(table.column("assets"), [f.name, "type"]).drop_null()
-                     if f.type.get_field_index("type") >= 0 else None)
+            types = (
+                pc.struct_field(table.column("assets"), [f.name, "type"]).drop_null()
+                if f.type.get_field_index("type") >= 0
+                else None
+            )
             media = str(types[0]) if types is not None and len(types) else ""
             if "tiff" in media.lower() or media == "":
                 out[f.name] = f"assets.{f.name}.href"
@@ -609,7 +644,7 @@ def build_from_table(
         InvalidArgumentError: a named column is missing or has the wrong type.
         BuildError: no scene could be indexed (or ``strict`` and one failed).
     """
-    table, where = _read_table(table_or_path)
+    table, where = read_table(table_or_path)
     if table.num_rows == 0:
         raise InvalidArgumentError("the table has no rows")
     if bands is None:
@@ -645,8 +680,9 @@ def build_from_table(
         crs = _geoparquet_crs(table.schema, gcol)
         wkbs = col.to_pylist()
         parsed = shapely.from_wkb(wkbs)
-        geoms = [None if g is None else (g if crs is None else geometry_to_crs84(g, crs))
-                 for g in parsed]
+        geoms = [
+            None if g is None else (g if crs is None else geometry_to_crs84(g, crs)) for g in parsed
+        ]
     if "bbox" in table.column_names:
         consumed.add("bbox")
 
@@ -657,8 +693,11 @@ def build_from_table(
     for band, target in bands.items():
         column, sample = _href_sample(target, f"bands[{band!r}]")
         if column not in asset_of:
-            key = band if sum(1 for t in bands.values()
-                              if _href_sample(t, "")[0] == column) == 1 else _asset_key(column)
+            key = (
+                band
+                if sum(1 for t in bands.values() if _href_sample(t, "")[0] == column) == 1
+                else _asset_key(column)
+            )
             asset_of[column] = key
             values = _get_path(table, column)
             if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
@@ -679,7 +718,7 @@ def build_from_table(
                 continue
             for prefix, repl in rewrite.items():
                 if href.startswith(prefix):
-                    href = repl + href[len(prefix):]
+                    href = repl + href[len(prefix) :]
                     break
             try:
                 assets[key] = normalize_href(href)
@@ -691,9 +730,11 @@ def build_from_table(
             scenes.append(SceneSpec(scene_id, dts[i], assets, geoms[i], row=i))
     if not scenes:
         raise BuildError(f"no row of the table has usable hrefs for Collection {name!r}", failures)
-    keep = list(columns) if columns is not None else [
-        c for c in table.column_names if c not in consumed
-    ]
+    keep = (
+        list(columns)
+        if columns is not None
+        else [c for c in table.column_names if c not in consumed]
+    )
     for c in keep:
         if c not in table.column_names:
             raise InvalidArgumentError(f"columns: the table has no column {c!r}")
@@ -728,10 +769,6 @@ def _asset_key(column: str) -> str:
 
 
 def _geoparquet_crs(schema: pa.Schema, column: str) -> str | None:
-    import json
-
-    import pyproj
-
     raw = (schema.metadata or {}).get(b"geo")
     if not raw:
         return None
@@ -745,5 +782,3 @@ def _geoparquet_crs(schema: pa.Schema, column: str) -> str | None:
     if parsed.equals(pyproj.CRS("OGC:CRS84"), ignore_axis_order=True):
         return None
     return str(parsed.to_string())
-
-

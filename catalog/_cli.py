@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ._errors import CatalogError, InvalidArgumentError
+from ._stores import StoreOptions
 
 __all__ = ["main"]
 
@@ -27,8 +28,8 @@ logger = logging.getLogger("cogflight.catalog")
 _COMMAND_MODULES = ("flight_server._cli", "flight_client._cli")
 
 
-def _store_options(args: argparse.Namespace) -> dict[str, Any]:
-    opts: dict[str, Any] = {}
+def _store_options(args: argparse.Namespace) -> StoreOptions:
+    opts = StoreOptions()
     if getattr(args, "anonymous", False):
         opts["anonymous"] = True
     if getattr(args, "requester_pays", False):
@@ -57,8 +58,12 @@ def _bbox(text: str | None) -> list[float] | None:
 
 
 def _add_build_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-o", "--out", required=True, help="where to save the Collection (.parquet, "
-                   "local path or s3://, gs://, az:// URL)")
+    p.add_argument(
+        "-o",
+        "--out",
+        required=True,
+        help="where to save the Collection (.parquet, local path or s3://, gs://, az:// URL)",
+    )
     p.add_argument("--name", help="Collection name (default: the output file name)")
     p.add_argument("--concurrency", type=int, help="headers read at once (default 64)")
     p.add_argument("--read-ahead", help="bytes of the first header request (default 64KiB)")
@@ -68,8 +73,11 @@ def _add_build_common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--requester-pays", action="store_true", help="S3 requester-pays buckets")
     g.add_argument("--region", help="S3 region, e.g. us-west-2")
     g.add_argument("--endpoint", help="custom S3/Azure/GCS endpoint URL")
-    g.add_argument("--planetary-computer", action="store_true",
-                   help="sign Azure blob reads with Planetary Computer SAS tokens")
+    g.add_argument(
+        "--planetary-computer",
+        action="store_true",
+        help="sign Azure blob reads with Planetary Computer SAS tokens",
+    )
 
 
 def _common_kwargs(args: argparse.Namespace) -> dict[str, Any]:
@@ -91,11 +99,15 @@ def _finish(collection: Any, out: str, started: float) -> int:
     assert isinstance(collection, Collection)
     target = collection.save(out, store_options=collection.store_options or None)
     build = collection.metadata.get("build", {})
-    print(f"saved {collection.name!r}: {len(collection)} scenes, bands "
-          f"{', '.join(collection.band_names)} -> {target}")
-    print(f"headers: {build.get('files')} files, requests per file median "
-          f"{build.get('requests_median')} max {build.get('requests_max')}, "
-          f"{time.perf_counter() - started:.2f} s in all")
+    print(
+        f"saved {collection.name!r}: {len(collection)} scenes, bands "
+        f"{', '.join(collection.band_names)} -> {target}"
+    )
+    print(
+        f"headers: {build.get('files')} files, requests per file median "
+        f"{build.get('requests_median')} max {build.get('requests_max')}, "
+        f"{time.perf_counter() - started:.2f} s in all"
+    )
     if collection.failures:
         print(f"{len(collection.failures)} scenes failed:", file=sys.stderr)
         for f in collection.failures[:50]:
@@ -217,8 +229,10 @@ def _cmd_info(args: argparse.Namespace) -> int:
     print("  bands:")
     for b in d["bands"]:
         extra = ", ".join(f"{k}={b[k]}" for k in ("nodata", "scale", "offset") if k in b)
-        print(f"    {b['name']:12s} {b.get('dtype', '?'):8s} asset {b['asset']}"
-              f"[{b['sample']}]{'  ' + extra if extra else ''}")
+        print(
+            f"    {b['name']:12s} {b.get('dtype', '?'):8s} asset {b['asset']}"
+            f"[{b['sample']}]{'  ' + extra if extra else ''}"
+        )
     print(f"  columns:  {', '.join(d['columns'])}")
     if d.get("store_options"):
         print(f"  storage:  {d['store_options']}")
@@ -242,13 +256,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    build = sub.add_parser("build", help="build a Collection (index of COG headers)",
-                           description="Build a Collection and save it as GeoParquet.")
+    build = sub.add_parser(
+        "build",
+        help="build a Collection (index of COG headers)",
+        description="Build a Collection and save it as GeoParquet.",
+    )
     bsub = build.add_subparsers(dest="source", metavar="SOURCE", required=True)
 
-    p = bsub.add_parser("files", help="from GeoTIFF paths or URLs",
-                        description="One scene per file (bands b1..bN), or a JSON "
-                        "{scene: {band: href}} mapping with --scenes.")
+    p = bsub.add_parser(
+        "files",
+        help="from GeoTIFF paths or URLs",
+        description="One scene per file (bands b1..bN), or a JSON "
+        "{scene: {band: href}} mapping with --scenes.",
+    )
     p.add_argument("files", nargs="*", help="paths or URLs (local, s3://, gs://, az://, http)")
     p.add_argument("--scenes", help="JSON file mapping scene ids to {band: href}")
     p.add_argument("--bands", help="comma-separated names for the samples of each file")
@@ -256,34 +276,51 @@ def build_parser() -> argparse.ArgumentParser:
     _add_build_common(p)
     p.set_defaults(func=_cmd_build_files)
 
-    p = bsub.add_parser("table", help="from a Parquet/GeoParquet table of hrefs",
-                        description="Rows that already carry asset hrefs (stac-geoparquet "
-                        "exports, DuckDB results).")
+    p = bsub.add_parser(
+        "table",
+        help="from a Parquet/GeoParquet table of hrefs",
+        description="Rows that already carry asset hrefs (stac-geoparquet "
+        "exports, DuckDB results).",
+    )
     p.add_argument("table", help="Parquet path or URL")
-    p.add_argument("--band", action="append", metavar="NAME=COLUMN[:SAMPLE]",
-                   help="band from an href column (repeat); default: stac-geoparquet assets")
+    p.add_argument(
+        "--band",
+        action="append",
+        metavar="NAME=COLUMN[:SAMPLE]",
+        help="band from an href column (repeat); default: stac-geoparquet assets",
+    )
     p.add_argument("--id-column", default="id")
     p.add_argument("--datetime-column", default="datetime")
     p.add_argument("--geometry-column")
     _add_build_common(p)
     p.set_defaults(func=_cmd_build_table)
 
-    p = bsub.add_parser("stac", help="from a STAC API item search",
-                        description="Search a STAC API and index the matching items' assets.")
+    p = bsub.add_parser(
+        "stac",
+        help="from a STAC API item search",
+        description="Search a STAC API and index the matching items' assets.",
+    )
     p.add_argument("api", help="STAC API root URL")
     p.add_argument("collection", help="STAC collection id")
     p.add_argument("--bbox", help="xmin,ymin,xmax,ymax (EPSG:4326)")
     p.add_argument("--date-range", help="START/END, e.g. 2024-01-01/2024-06-30")
     p.add_argument("--query", help='STAC query JSON, e.g. \'{"eo:cloud_cover": {"lt": 20}}\'')
     p.add_argument("--max-items", type=int)
-    p.add_argument("--band", action="append", metavar="ASSET=NAME[,NAME...]",
-                   help="asset to band name(s) (repeat); default: every GeoTIFF data asset")
+    p.add_argument(
+        "--band",
+        action="append",
+        metavar="ASSET=NAME[,NAME...]",
+        help="asset to band name(s) (repeat); default: every GeoTIFF data asset",
+    )
     p.add_argument("--href-key", help="where each asset's href is, e.g. alternate.s3.href")
     _add_build_common(p)
     p.set_defaults(func=_cmd_build_stac)
 
-    p = bsub.add_parser("dataset", help="a built-in dataset (see `cogflight datasets`)",
-                        description="Build a Collection of a registered public dataset.")
+    p = bsub.add_parser(
+        "dataset",
+        help="a built-in dataset (see `cogflight datasets`)",
+        description="Build a Collection of a registered public dataset.",
+    )
     p.add_argument("dataset", help="dataset id, e.g. earthsearch/sentinel-2-l2a")
     p.add_argument("--bbox", help="xmin,ymin,xmax,ymax (EPSG:4326)")
     p.add_argument("--date-range", help="START/END")
@@ -294,12 +331,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_build_common(p)
     p.set_defaults(func=_cmd_build_dataset)
 
-    p = sub.add_parser("datasets", help="list the built-in datasets",
-                       description="List registered datasets with their sources and bands.")
+    p = sub.add_parser(
+        "datasets",
+        help="list the built-in datasets",
+        description="List registered datasets with their sources and bands.",
+    )
     p.set_defaults(func=_cmd_datasets)
 
-    p = sub.add_parser("info", help="describe a saved Collection",
-                       description="Print a Collection's size, bands, CRSs, time span and extent.")
+    p = sub.add_parser(
+        "info",
+        help="describe a saved Collection",
+        description="Print a Collection's size, bands, CRSs, time span and extent.",
+    )
     p.add_argument("path", help="Collection file or URL")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--anonymous", action="store_true")
@@ -307,9 +350,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--endpoint")
     p.set_defaults(func=_cmd_info)
 
-    p = sub.add_parser("demo", help="run the main job on generated sample COGs",
-                       description="Generate sample COGs, index them, and show the result. "
-                       "Needs no server and no internet.")
+    p = sub.add_parser(
+        "demo",
+        help="run the main job on generated sample COGs",
+        description="Generate sample COGs, index them, and show the result. "
+        "Needs no server and no internet.",
+    )
     p.add_argument("--workdir", default="demo-data", help="where sample COGs go")
     p.add_argument("--collections", default="collections", help="where Collections go")
     p.set_defaults(func=_cmd_demo)
@@ -330,8 +376,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.WARNING if args.quiet else (logging.DEBUG if args.verbose > 1 else logging.INFO)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
     try:
         return int(args.func(args))
     except CatalogError as exc:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import obstore
 import pyarrow as pa
-import pyarrow.compute  # noqa: F401  (pa.compute)
+import pyarrow.compute
 import pyarrow.parquet as pq
 
 from ._errors import BuildFailure, CollectionError, InvalidArgumentError
@@ -100,8 +100,9 @@ class Collection:
     @property
     def assets(self) -> tuple[str, ...]:
         """Asset keys (one ``asset:<key>`` column each)."""
-        return tuple(c[len(ASSET_PREFIX) :] for c in self._table.column_names
-                     if c.startswith(ASSET_PREFIX))
+        return tuple(
+            c[len(ASSET_PREFIX) :] for c in self._table.column_names if c.startswith(ASSET_PREFIX)
+        )
 
     @property
     def metadata(self) -> dict[str, Any]:
@@ -127,8 +128,7 @@ class Collection:
         return int(self._table.num_rows)
 
     def __repr__(self) -> str:
-        return (f"Collection(name={self.name!r}, scenes={len(self)}, "
-                f"bands={list(self.band_names)})")
+        return f"Collection(name={self.name!r}, scenes={len(self)}, bands={list(self.band_names)})"
 
     def band(self, name: str) -> Band:
         """The band called ``name``.
@@ -166,8 +166,14 @@ class Collection:
         bb = t.column("bbox").to_pylist()
         xs = [b for b in bb if b is not None]
         extent = (
-            [min(b["xmin"] for b in xs), min(b["ymin"] for b in xs),
-             max(b["xmax"] for b in xs), max(b["ymax"] for b in xs)] if xs else None
+            [
+                min(b["xmin"] for b in xs),
+                min(b["ymin"] for b in xs),
+                max(b["xmax"] for b in xs),
+                max(b["ymax"] for b in xs),
+            ]
+            if xs
+            else None
         )
         crs_counts: dict[str, int] = {}
         for c in t.column("crs").to_pylist():
@@ -179,11 +185,16 @@ class Collection:
             "bands": [b.to_json() for b in self._bands],
             "assets": list(self.assets),
             "crs": crs_counts,
-            "datetime": [None if span["min"] is None else span["min"].isoformat(),
-                         None if span["max"] is None else span["max"].isoformat()],
+            "datetime": [
+                None if span["min"] is None else span["min"].isoformat(),
+                None if span["max"] is None else span["max"].isoformat(),
+            ],
             "bbox": extent,
-            "columns": [c for c in t.column_names if c not in ("geometry",)
-                        and not c.startswith(ASSET_PREFIX)],
+            "columns": [
+                c
+                for c in t.column_names
+                if c not in ("geometry",) and not c.startswith(ASSET_PREFIX)
+            ],
             "source": self._meta.get("source"),
             "store_options": self.store_options,
             "created_at": self._meta.get("created_at"),

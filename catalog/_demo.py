@@ -18,8 +18,10 @@ def run_demo(*, workdir: Path, collections: Path) -> int:
     scenes = write_sample_scenes(workdir)
     t1 = time.perf_counter()
     files = sum(len(s.files) for s in scenes)
-    print(f"1. sample COGs: {len(scenes)} scenes x {len(scenes[0].files)} bands = {files} files "
-          f"in {workdir}/ ({t1 - t0:.2f} s)")
+    print(
+        f"1. sample COGs: {len(scenes)} scenes x {len(scenes[0].files)} bands = {files} files "
+        f"in {workdir}/ ({t1 - t0:.2f} s)"
+    )
 
     collection = build_from_files(
         {s.id: s.files for s in scenes},
@@ -29,24 +31,32 @@ def run_demo(*, workdir: Path, collections: Path) -> int:
     )
     t2 = time.perf_counter()
     build = collection.metadata["build"]
-    print(f"2. indexed headers of {build['files']} files in {t2 - t1:.3f} s; requests per "
-          f"header: median {build['requests_median']:.0f}, max {build['requests_max']}")
+    print(
+        f"2. indexed headers of {build['files']} files in {t2 - t1:.3f} s; requests per "
+        f"header: median {build['requests_median']:.0f}, max {build['requests_max']}"
+    )
 
     target = collection.save(collections / "demo.parquet")
     reloaded = load(target)
-    print(f"3. saved and reloaded {target}: {len(reloaded)} scenes, bands "
-          f"{', '.join(reloaded.band_names)}")
+    print(
+        f"3. saved and reloaded {target}: {len(reloaded)} scenes, bands "
+        f"{', '.join(reloaded.band_names)}"
+    )
 
     h = reloaded.header(0, "red")
-    print(f"   scene {reloaded.ids[0]}: {h.width}x{h.height} {h.dtype}, {h.crs}, "
-          f"{len(h.levels[0].tile_offsets)} tiles of {h.levels[0].tile_width}px, "
-          f"{h.overview_count} overviews, nodata {h.nodata}")
+    print(
+        f"   scene {reloaded.ids[0]}: {h.width}x{h.height} {h.dtype}, {h.crs}, "
+        f"{len(h.levels[0].tile_offsets)} tiles of {h.levels[0].tile_width}px, "
+        f"{h.overview_count} overviews, nodata {h.nodata}"
+    )
 
     summer = reloaded.subset(date_range="2024-06-01/2024-08-31")
     bbox = reloaded.describe()["bbox"]
     west = reloaded.subset(bbox=(bbox[0], bbox[1], (bbox[0] + bbox[2]) / 2, bbox[3]))
-    print(f"4. filters: {len(summer)} scenes in summer 2024; {len(west)} intersect the western "
-          f"half of the extent")
+    print(
+        f"4. filters: {len(summer)} scenes in summer 2024; {len(west)} intersect the western "
+        f"half of the extent"
+    )
     print("   id                          datetime             crs")
     for row in reloaded.table.select(["id", "datetime", "crs"]).to_pylist():
         print(f"   {row['id']:27s} {row['datetime']:%Y-%m-%d %H:%M}     {row['crs']}")

@@ -28,31 +28,31 @@ CLOUD_COVER = "eo:cloud_cover"
 
 
 def _parse_instant(value: object, field: str, *, end: bool) -> dt.datetime | None:
-    if value is None or value == "" or value == "..":
+    """A UTC instant; a date (or month, or year) means its first or, for ``end``, last moment."""
+    if value is None or value in ("", ".."):
         return None
+    day = dt.timedelta(days=1)
+    tick = dt.timedelta(microseconds=1)
     if isinstance(value, dt.datetime):
         out = value
     elif isinstance(value, dt.date):
         out = dt.datetime(value.year, value.month, value.day)
         if end:
-            out += dt.timedelta(days=1) - dt.timedelta(microseconds=1)
+            out += day - tick
     elif isinstance(value, str):
         text = value.strip().replace("Z", "+00:00")
         try:
-            if len(text) == 10:
-                return _parse_instant(dt.date.fromisoformat(text), field, end=end)
-            if len(text) == 7:  # YYYY-MM
+            if len(text) == 4 and text.isdigit():  # YYYY
+                year = int(text)
+                out = dt.datetime(year + 1, 1, 1) - tick if end else dt.datetime(year, 1, 1)
+            elif len(text) == 7:  # YYYY-MM
                 y, m = (int(p) for p in text.split("-"))
-                start = dt.date(y, m, 1)
-                if not end:
-                    return _parse_instant(start, field, end=False)
-                nxt = dt.date(y + (m == 12), m % 12 + 1, 1)
-                return dt.datetime(nxt.year, nxt.month, nxt.day) - dt.timedelta(microseconds=1)
-            if len(text) == 4 and text.isdigit():
-                y = int(text)
-                return _parse_instant(dt.date(y, 12, 31) if end else dt.date(y, 1, 1), field,
-                                      end=end)
-            out = dt.datetime.fromisoformat(text)
+                first = dt.datetime(y, m, 1)
+                out = dt.datetime(y + (m == 12), m % 12 + 1, 1) - tick if end else first
+            elif len(text) == 10:  # YYYY-MM-DD
+                return _parse_instant(dt.date.fromisoformat(text), field, end=end)
+            else:
+                out = dt.datetime.fromisoformat(text)
         except ValueError as exc:
             raise InvalidArgumentError(
                 f"{field}: cannot read {value!r} as a date; use ISO 8601 such as "
@@ -65,8 +65,9 @@ def _parse_instant(value: object, field: str, *, end: bool) -> dt.datetime | Non
     return out.astimezone(dt.UTC)
 
 
-def parse_date_range(value: object, field: str = "date_range") -> tuple[dt.datetime | None,
-                                                                        dt.datetime | None]:
+def parse_date_range(
+    value: object, field: str = "date_range"
+) -> tuple[dt.datetime | None, dt.datetime | None]:
     """``"2024-01-01/2024-06-30"`` or a 2-sequence -> inclusive UTC bounds (None = open)."""
     if isinstance(value, str):
         parts = value.split("/")
@@ -78,9 +79,7 @@ def parse_date_range(value: object, field: str = "date_range") -> tuple[dt.datet
     elif isinstance(value, Sequence) and len(value) == 2:
         start_raw, end_raw = value[0], value[1]
     else:
-        raise InvalidArgumentError(
-            f"{field}: expected 'start/end' or [start, end], got {value!r}"
-        )
+        raise InvalidArgumentError(f"{field}: expected 'start/end' or [start, end], got {value!r}")
     start = _parse_instant(start_raw, field, end=False)
     end = _parse_instant(end_raw, field, end=True)
     if start and end and start > end:
@@ -135,7 +134,11 @@ def _where_mask(table: pa.Table, where: Sequence[Any]) -> pa.ChunkedArray | pa.A
     mask = None
     for i, pred in enumerate(where):
         f = f"where[{i}]"
-        if isinstance(pred, str | bytes) or not isinstance(pred, Sequence) or len(pred) not in (2, 3):
+        if (
+            isinstance(pred, str | bytes)
+            or not isinstance(pred, Sequence)
+            or len(pred) not in (2, 3)
+        ):
             raise InvalidArgumentError(f"{f}: expected [column, op, value], got {pred!r}")
         name, op = pred[0], pred[1]
         if not isinstance(name, str) or not isinstance(op, str):
@@ -162,8 +165,14 @@ def _where_mask(table: pa.Table, where: Sequence[Any]) -> pa.ChunkedArray | pa.A
                     scalar = pa.scalar(value).cast(col.type) if value is not None else None
                     if scalar is None:
                         raise InvalidArgumentError(f"{f}: use 'is null' to compare with null")
-                    fn = {"==": pc.equal, "!=": pc.not_equal, "<": pc.less,
-                          "<=": pc.less_equal, ">": pc.greater, ">=": pc.greater_equal}[op]
+                    fn = {
+                        "==": pc.equal,
+                        "!=": pc.not_equal,
+                        "<": pc.less,
+                        "<=": pc.less_equal,
+                        ">": pc.greater,
+                        ">=": pc.greater_equal,
+                    }[op]
                     m = fn(col, scalar)
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
                 raise InvalidArgumentError(
@@ -228,10 +237,14 @@ def select_rows(
         qxmin, qymin, qxmax, qymax = q84.bounds
         bb = table.column("bbox")
         pre = pc.and_(
-            pc.and_(pc.less_equal(pc.struct_field(bb, "xmin"), qxmax),
-                    pc.greater_equal(pc.struct_field(bb, "xmax"), qxmin)),
-            pc.and_(pc.less_equal(pc.struct_field(bb, "ymin"), qymax),
-                    pc.greater_equal(pc.struct_field(bb, "ymax"), qymin)),
+            pc.and_(
+                pc.less_equal(pc.struct_field(bb, "xmin"), qxmax),
+                pc.greater_equal(pc.struct_field(bb, "xmax"), qxmin),
+            ),
+            pc.and_(
+                pc.less_equal(pc.struct_field(bb, "ymin"), qymax),
+                pc.greater_equal(pc.struct_field(bb, "ymax"), qymin),
+            ),
         )
         apply(pre)
         candidates = np.flatnonzero(keep)

@@ -25,10 +25,22 @@ def transformer_to_crs84(crs: str) -> pyproj.Transformer:
 def _ring(bounds: tuple[float, float, float, float]) -> tuple[np.ndarray, np.ndarray]:
     xmin, ymin, xmax, ymax = bounds
     t = np.linspace(0.0, 1.0, _DENSIFY)[:-1]
-    xs = np.concatenate([xmin + (xmax - xmin) * t, np.full_like(t, xmax),
-                         xmax - (xmax - xmin) * t, np.full_like(t, xmin)])
-    ys = np.concatenate([np.full_like(t, ymin), ymin + (ymax - ymin) * t,
-                         np.full_like(t, ymax), ymax - (ymax - ymin) * t])
+    xs = np.concatenate(
+        [
+            xmin + (xmax - xmin) * t,
+            np.full_like(t, xmax),
+            xmax - (xmax - xmin) * t,
+            np.full_like(t, xmin),
+        ]
+    )
+    ys = np.concatenate(
+        [
+            np.full_like(t, ymin),
+            ymin + (ymax - ymin) * t,
+            np.full_like(t, ymax),
+            ymax - (ymax - ymin) * t,
+        ]
+    )
     return xs, ys
 
 
@@ -49,8 +61,9 @@ def _lonlat_polygon(lon: np.ndarray, lat: np.ndarray) -> BaseGeometry:
     # Unwrap longitudes so the ring is continuous, then cut it at +-180.
     wrapped = (lon + 180.0) % 360.0 - 180.0
     steps = np.diff(wrapped)
-    unwrapped = np.concatenate([[wrapped[0]], wrapped[0] + np.cumsum(
-        steps - 360.0 * np.round(steps / 360.0))])
+    unwrapped = np.concatenate(
+        [[wrapped[0]], wrapped[0] + np.cumsum(steps - 360.0 * np.round(steps / 360.0))]
+    )
     closing = unwrapped[-1] + ((wrapped[0] - unwrapped[-1] + 180.0) % 360.0 - 180.0)
     if abs(closing - unwrapped[0]) > 180.0:  # the ring encircles a pole
         north = lat.mean() > 0

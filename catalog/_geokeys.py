@@ -15,16 +15,11 @@ from functools import lru_cache
 
 import numpy as np
 import pyproj
+from pyproj._crs import CoordinateOperation, Datum, Ellipsoid, PrimeMeridian
 from pyproj.crs import GeographicCRS, ProjectedCRS
-from pyproj.crs.coordinate_system import Cartesian2DCS, Cartesian2DCSAxis
-from pyproj.crs.datum import (
-    CustomDatum,
-    CustomEllipsoid,
-    CustomPrimeMeridian,
-    Datum,
-    Ellipsoid,
-    PrimeMeridian,
-)
+from pyproj.crs.coordinate_system import Cartesian2DCS
+from pyproj.crs.datum import CustomDatum, CustomEllipsoid, CustomPrimeMeridian
+from pyproj.crs.enums import Cartesian2DCSAxis
 
 __all__ = ["GeoKeyError", "crs_from_geokeys", "geotransform_from_tags", "parse_geokeys"]
 
@@ -100,7 +95,14 @@ _METHODS: dict[int, tuple[str, dict[str, tuple[int, ...]]]] = {
     ),
     9: (
         "lcc",
-        {"a:lat_1": _LAT, "a:lat_0": _LAT, "a:lon_0": _LON, "s:k_0": _K, "l:x_0": _FE, "l:y_0": _FN},
+        {
+            "a:lat_1": _LAT,
+            "a:lat_0": _LAT,
+            "a:lon_0": _LON,
+            "s:k_0": _K,
+            "l:x_0": _FE,
+            "l:y_0": _FN,
+        },
     ),
     10: ("laea", {"a:lat_0": _C_LAT, "a:lon_0": _C_LON, "l:x_0": _C_FE, "l:y_0": _C_FN}),
     11: (
@@ -273,7 +275,7 @@ def _projected(keys: Mapping[int, GeoKeyValue]) -> pyproj.CRS:
     projection = _int(keys.get(PROJECTION))
     if projection not in (None, 0, USER_DEFINED):
         try:
-            conversion = pyproj.crs.CoordinateOperation.from_epsg(projection)
+            conversion = CoordinateOperation.from_epsg(projection)
         except pyproj.exceptions.CRSError as exc:
             raise GeoKeyError(f"ProjectionGeoKey {projection} is not a known EPSG code") from exc
     else:
@@ -284,7 +286,7 @@ def _projected(keys: Mapping[int, GeoKeyValue]) -> pyproj.CRS:
     )
 
 
-def _conversion(keys: Mapping[int, GeoKeyValue], to_metres: float) -> pyproj.crs.CoordinateOperation:
+def _conversion(keys: Mapping[int, GeoKeyValue], to_metres: float) -> CoordinateOperation:
     method = _int(keys.get(PROJ_COORD_TRANS))
     if method is None:
         raise GeoKeyError("user-defined projected CRS without ProjCoordTransGeoKey")
@@ -354,7 +356,9 @@ def _geographic(keys: Mapping[int, GeoKeyValue]) -> pyproj.CRS:
     if pm_code not in (None, 0, USER_DEFINED):
         pm = PrimeMeridian.from_epsg(pm_code)
     elif GEOG_PM_LONG in keys:
-        pm = CustomPrimeMeridian(longitude=(_float(keys, (GEOG_PM_LONG,)) or 0.0) * _angle_factor(keys))
+        pm = CustomPrimeMeridian(
+            longitude=(_float(keys, (GEOG_PM_LONG,)) or 0.0) * _angle_factor(keys)
+        )
     else:
         pm = PrimeMeridian.from_epsg(8901)
     if datum_code not in (None, 0, USER_DEFINED) and pm_code in (None, 0, 8901, USER_DEFINED):
@@ -373,10 +377,14 @@ def _geographic(keys: Mapping[int, GeoKeyValue]) -> pyproj.CRS:
                 ellipsoid = CustomEllipsoid(semi_major_axis=a, semi_minor_axis=b)
             else:
                 ellipsoid = CustomEllipsoid(semi_major_axis=a, semi_minor_axis=a)
-        elif datum_code not in (None, 0, USER_DEFINED):
-            ellipsoid = Datum.from_epsg(datum_code).ellipsoid
         else:
-            ellipsoid = Ellipsoid.from_epsg(7030)  # WGS 84, GDAL's default
+            from_datum = (
+                Datum.from_epsg(datum_code).ellipsoid
+                if datum_code not in (None, 0, USER_DEFINED)
+                else None
+            )
+            # Without a datum ellipsoid, fall back to WGS 84 as GDAL does.
+            ellipsoid = from_datum if from_datum is not None else Ellipsoid.from_epsg(7030)
         datum = CustomDatum(ellipsoid=ellipsoid, prime_meridian=pm)
     name = keys.get(GEOG_CITATION) or "unnamed"
     return pyproj.CRS(GeographicCRS(name=str(name), datum=datum))
@@ -417,8 +425,10 @@ def geotransform_from_tags(
             "warp it to a regular grid first"
         )
     else:
-        raise GeoKeyError("no georeferencing: the file has neither ModelTransformation nor "
-                          "ModelTiepoint + ModelPixelScale tags")
+        raise GeoKeyError(
+            "no georeferencing: the file has neither ModelTransformation nor "
+            "ModelTiepoint + ModelPixelScale tags"
+        )
     if pixel_is_point:
         gt[0] -= gt[1] * 0.5 + gt[2] * 0.5
         gt[3] -= gt[4] * 0.5 + gt[5] * 0.5

@@ -384,9 +384,7 @@ def _check_codec(href: str, img: ImageRecord, samples: int, sample_format: int, 
             href, f"photometric interpretation {img.photometric} (CIE Lab/Log) is not supported"
         )
     if name == "webp" and (dtype != "uint8" or samples not in (3, 4) or img.planar_config != 1):
-        raise UnsupportedLayoutError(
-            href, "WebP tiles must hold 3 or 4 interleaved uint8 samples"
-        )
+        raise UnsupportedLayoutError(href, "WebP tiles must hold 3 or 4 interleaved uint8 samples")
 
 
 _ITEM_SAMPLE = re.compile(r"^\d+$")
@@ -490,8 +488,9 @@ def header_from_raw(href: str, raw: RawTiff) -> HeaderRecord:
             if (lv.width, lv.height) == (img.width, img.height) and masks[i] is None
         ]
         if not match:
-            logger.warning("%s: internal mask %d x %d matches no image; ignored",
-                           href, img.width, img.height)
+            logger.warning(
+                "%s: internal mask %d x %d matches no image; ignored", href, img.width, img.height
+            )
             continue
         masks[match[0]] = img
     if all(m is None for m in masks):

@@ -30,7 +30,8 @@ def _overview(a: np.ndarray) -> np.ndarray:
     out = padded.reshape(c, (h + 1) // 2, 2, (w + 1) // 2, 2).mean(axis=(2, 4))
     if a.dtype.kind in "iu":
         out = np.rint(out)
-    return out.astype(a.dtype)
+    result: np.ndarray = out.astype(a.dtype)
+    return result
 
 
 def _encode_tile(tile: np.ndarray, predictor: int, compression: int) -> bytes:
@@ -86,7 +87,9 @@ def write_cog(
                 tiles.append(_encode_tile(block, predictor, comp))
         encoded.append(tiles)
 
-    def entries_for(i: int, lv: np.ndarray) -> list[tuple[int, int, list[int] | bytes | list[float]]]:
+    def entries_for(
+        i: int, lv: np.ndarray
+    ) -> list[tuple[int, int, list[int] | bytes | list[float]]]:
         _, h, w = lv.shape
         n = len(encoded[i])
         e: list[tuple[int, int, list[int] | bytes | list[float]]] = [
@@ -110,8 +113,24 @@ def write_cog(
         if i == 0:
             x0, dx, _, y0, _, dy = geotransform
             geographic = 4000 <= epsg < 5000
-            keys = [1, 1, 0, 3, 1024, 0, 1, 2 if geographic else 1, 1025, 0, 1, 1,
-                    2048 if geographic else 3072, 0, 1, epsg]
+            keys = [
+                1,
+                1,
+                0,
+                3,
+                1024,
+                0,
+                1,
+                2 if geographic else 1,
+                1025,
+                0,
+                1,
+                1,
+                2048 if geographic else 3072,
+                0,
+                1,
+                epsg,
+            ]
             e += [
                 (33550, 12, [dx, -dy, 0.0]),
                 (33922, 12, [0.0, 0.0, 0.0, x0, y0, 0.0]),
@@ -155,8 +174,8 @@ def write_cog(
             tile_offsets[i].append(pos)
             pos += len(t)
     out = bytearray(b"II*\x00" + struct.pack("<I", ifd_offsets[0]))
-    for i, e in enumerate(ifds):
-        e = [(tag, typ, tile_offsets[i] if tag == 324 else val) for tag, typ, val in e]
+    for i, entries in enumerate(ifds):
+        e = [(tag, typ, tile_offsets[i] if tag == 324 else val) for tag, typ, val in entries]
         body = bytearray(struct.pack("<H", len(e)))
         values = bytearray()
         value_pos = ifd_offsets[i] + 2 + 12 * len(e) + 4
@@ -240,8 +259,16 @@ def write_sample_scenes(
             if data is None:
                 data = synthetic_scene(size, size, len(bands), seed=1000 + s)
             tmp = path.with_suffix(".tif.partial")
-            write_cog(tmp, data[b : b + 1], geotransform=(x0, 10.0, 0.0, y0, 0.0, -10.0),
-                      epsg=epsg, nodata=0, tile=256, overviews=2, descriptions=[band])
+            write_cog(
+                tmp,
+                data[b : b + 1],
+                geotransform=(x0, 10.0, 0.0, y0, 0.0, -10.0),
+                epsg=epsg,
+                nodata=0,
+                tile=256,
+                overviews=2,
+                descriptions=[band],
+            )
             os.replace(tmp, path)
         out.append(SampleScene(scene_id, when, epsg, files))
     return out

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyproj
 
 from ._errors import CollectionError, SchemaVersionError
 from ._header import HeaderRecord, ImageRecord
@@ -194,7 +195,7 @@ def _image_from_dict(d: Mapping[str, Any]) -> ImageRecord:
         tile_offsets=np.asarray(d["tile_offsets"], dtype=np.uint64),
         tile_byte_counts=np.asarray(d["tile_byte_counts"], dtype=np.uint64),
         jpeg_tables=d.get("jpeg_tables"),
-        ycbcr_subsampling=tuple(d["ycbcr_subsampling"])  # type: ignore[arg-type]
+        ycbcr_subsampling=(int(d["ycbcr_subsampling"][0]), int(d["ycbcr_subsampling"][1]))
         if d.get("ycbcr_subsampling")
         else None,
         lerc_parameters=tuple(d["lerc_parameters"]) if d.get("lerc_parameters") else None,
@@ -227,8 +228,6 @@ def header_from_dict(href: str, d: Mapping[str, Any]) -> HeaderRecord:
 
 def geo_metadata(geometry_types: Sequence[str], bbox: Sequence[float] | None) -> dict[str, Any]:
     """GeoParquet 1.1 ``geo`` metadata for the footprint column (OGC:CRS84, bbox covering)."""
-    import pyproj
-
     column: dict[str, Any] = {
         "encoding": "WKB",
         "geometry_types": sorted(set(geometry_types)),
@@ -266,4 +265,5 @@ def read_metadata(schema: pa.Schema, where: str) -> dict[str, Any]:
             f"{where} has Collection schema version {version!r}; this cogflight reads version "
             f"{SCHEMA_VERSION}. Rebuild the Collection or upgrade cogflight"
         )
+    assert isinstance(meta, dict)
     return meta

@@ -84,7 +84,7 @@ class Settings:
                 value = fn(raw)  # type: ignore[operator]
             except (ValueError, InvalidArgumentError) as exc:
                 raise InvalidArgumentError(f"environment variable {var}={raw!r}: {exc}") from exc
-            if value <= 0 and field != "max_retries" or value < 0:
+            if (value <= 0 and field != "max_retries") or value < 0:
                 raise InvalidArgumentError(f"environment variable {var} must be positive")
             updates[field] = value
         return replace(s, **updates)  # type: ignore[arg-type]

@@ -9,6 +9,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import pyarrow as pa
+import pystac_client
+import pystac_client.exceptions
 import shapely
 from shapely.geometry import shape
 
@@ -35,12 +37,14 @@ def properties_table(rows: Sequence[Mapping[str, Any]]) -> pa.Table:
         values = [r.get(key) for r in rows]
         name = key if key not in RESERVED_COLUMNS else f"properties.{key}"
         if name != key:
-            logger.warning("STAC property %r renamed to %r (clashes with a Collection column)",
-                           key, name)
+            logger.warning(
+                "STAC property %r renamed to %r (clashes with a Collection column)", key, name
+            )
         if key in _TIME_KEYS or key.endswith("datetime"):
             try:
-                columns[name] = pa.array([to_utc(v, key) for v in values],
-                                         pa.timestamp("us", tz="UTC"))
+                columns[name] = pa.array(
+                    [to_utc(v, key) for v in values], pa.timestamp("us", tz="UTC")
+                )
                 continue
             except InvalidArgumentError:
                 pass
@@ -49,8 +53,9 @@ def properties_table(rows: Sequence[Mapping[str, Any]]) -> pa.Table:
             if pa.types.is_null(arr.type):
                 arr = pa.array(values, pa.string())
         except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OverflowError):
-            arr = pa.array([None if v is None else json.dumps(v, default=str) for v in values],
-                           pa.string())
+            arr = pa.array(
+                [None if v is None else json.dumps(v, default=str) for v in values], pa.string()
+            )
         columns[name] = arr
     if not columns:
         return pa.table({"__row": pa.array(range(len(rows)), pa.int64())}).drop(["__row"])
@@ -64,6 +69,17 @@ def _dotted(obj: Mapping[str, Any], path: str) -> Any:
             return None
         cur = cur[part]
     return cur
+
+
+def _sample_namer(key: str, eo_names: list[str]) -> Callable[[int], list[str]]:
+    """Names for the samples of an asset: its eo:bands names when they fit, else key_N."""
+
+    def names(n: int) -> list[str]:
+        if len(eo_names) == n:
+            return eo_names
+        return [key] if n == 1 else [f"{key}_{i + 1}" for i in range(n)]
+
+    return names
 
 
 def _is_data_asset(asset: Mapping[str, Any]) -> bool:
@@ -88,7 +104,7 @@ def build_from_stac(
     intersects: Any = None,
     date_range: Any = None,
     query: Mapping[str, Any] | None = None,
-    filter: Mapping[str, Any] | None = None,  # noqa: A002 - STAC's own name
+    filter: Mapping[str, Any] | None = None,
     ids: Sequence[str] | None = None,
     max_items: int | None = None,
     band_map: Mapping[str, str | Sequence[str]] | None = None,
@@ -121,11 +137,6 @@ def build_from_stac(
         StacError: the search failed.
         BuildError: no item could be indexed (or ``strict`` and one failed).
     """
-    try:
-        import pystac_client
-        import pystac_client.exceptions
-    except ImportError as exc:  # pragma: no cover - a core dependency
-        raise StacError("build_from_stac needs pystac-client: pip install pystac-client") from exc
     collections = [collection] if isinstance(collection, str) else list(collection)
     if not collections:
         raise InvalidArgumentError("collection: give at least one STAC collection id")
@@ -134,11 +145,13 @@ def build_from_stac(
     datetime_arg = None
     if date_range is not None:
         start, end = parse_date_range(date_range)
-        datetime_arg = (f"{start.isoformat().replace('+00:00', 'Z') if start else '..'}/"
-                        f"{end.isoformat().replace('+00:00', 'Z') if end else '..'}")
+        datetime_arg = (
+            f"{start.isoformat().replace('+00:00', 'Z') if start else '..'}/"
+            f"{end.isoformat().replace('+00:00', 'Z') if end else '..'}"
+        )
     api_url = stac_api if isinstance(stac_api, str) else getattr(stac_api, "self_href", None)
     try:
-        client = (pystac_client.Client.open(stac_api) if isinstance(stac_api, str) else stac_api)
+        client = pystac_client.Client.open(stac_api) if isinstance(stac_api, str) else stac_api
         search = client.search(
             collections=collections,
             bbox=list(bbox) if bbox is not None else None,
@@ -170,9 +183,7 @@ def build_from_stac(
     if band_map is None:
         for key, asset in first_assets.items():
             if _is_data_asset(asset):
-                eo = _band_names(asset)
-                auto[key] = (lambda n, key=key, eo=eo: eo if len(eo) == n
-                             else ([key] if n == 1 else [f"{key}_{i + 1}" for i in range(n)]))
+                auto[key] = _sample_namer(key, _band_names(asset))
         if not auto:
             raise BuildError(
                 f"items of {collections} have no GeoTIFF data assets; pass band_map="
@@ -194,8 +205,11 @@ def build_from_stac(
     for b in specs:
         rb = first_assets[b.asset].get("raster:bands") or []
         if b.sample < len(rb) and isinstance(rb[b.sample], Mapping):
-            band_info[b.name] = {k: rb[b.sample].get(k) for k in ("scale", "offset", "nodata")
-                                 if rb[b.sample].get(k) is not None}
+            band_info[b.name] = {
+                k: rb[b.sample].get(k)
+                for k in ("scale", "offset", "nodata")
+                if rb[b.sample].get(k) is not None
+            }
 
     scenes: list[SceneSpec] = []
     props: list[dict[str, Any]] = []
@@ -210,15 +224,15 @@ def build_from_stac(
         when = to_utc(p.pop("datetime", None) or p.get("start_datetime"), f"{item_id}.datetime")
         assets: dict[str, str] = {}
         for key in dict.fromkeys(wanted):
-            asset = (it.get("assets") or {}).get(key)
-            if asset is None:
+            item_asset = (it.get("assets") or {}).get(key)
+            if item_asset is None:
                 continue
-            href = next((h for k in keys if isinstance(h := _dotted(asset, k), str)), None)
+            href = next((h for k in keys if isinstance(h := _dotted(item_asset, k), str)), None)
             if href is None:
                 continue
             for prefix, repl in rewrite.items():
                 if href.startswith(prefix):
-                    href = repl + href[len(prefix):]
+                    href = repl + href[len(prefix) :]
                     break
             assets[key] = normalize_href(href)
         geom = shape(it["geometry"]) if it.get("geometry") else None

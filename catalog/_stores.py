@@ -24,6 +24,7 @@ from urllib.parse import unquote, urlsplit
 
 import obstore
 import obstore.exceptions as obs_exc
+from obstore.store import AzureStore, GCSStore, HTTPStore, LocalStore, S3Store
 
 from ._errors import (
     AccessDeniedError,
@@ -183,12 +184,13 @@ class ObjectReader:
 
 
 def _is_range_past_end(exc: BaseException) -> bool:
+    """Whether a store refused a range because it starts at or after the end of the object."""
+    if isinstance(exc, obs_exc.NotFoundError | FileNotFoundError):
+        return False
     text = str(exc)
-    return (
-        "StartTooLarge" in text
-        or "Range Not Satisfiable" in text
-        or "416" in text.split("\n", 1)[0]
-        or "InvalidRange" in text
+    return any(
+        marker in text
+        for marker in ("StartTooLarge", "Range Not Satisfiable", "status: 416", "InvalidRange")
     )
 
 
@@ -299,8 +301,6 @@ def _frozen(opts: Mapping[str, Any]) -> tuple[Any, ...]:
 
 def _plan_store(href: str, opts: StoreOptions) -> tuple[tuple[Any, ...], Any, str]:
     """Return (cache key, zero-argument store factory, path in store)."""
-    from obstore.store import AzureStore, GCSStore, HTTPStore, LocalStore, S3Store
-
     parts = urlsplit(href)
     scheme = parts.scheme.lower()
     extra = dict(opts.get("config", {}))
@@ -372,7 +372,7 @@ def _plan_store(href: str, opts: StoreOptions) -> tuple[tuple[Any, ...], Any, st
                 f"{href!r} names no storage account; pass store option azure_account "
                 "or set AZURE_STORAGE_ACCOUNT_NAME"
             )
-        return _azure(account, container, path, opts, extra, frozen, AzureStore)
+        return _azure(account, container, path, opts, extra, frozen)
     if scheme in ("http", "https") and parts.netloc.endswith(".blob.core.windows.net"):
         account = parts.netloc.split(".", 1)[0]
         container, _, blob = path.partition("/")
@@ -381,7 +381,7 @@ def _plan_store(href: str, opts: StoreOptions) -> tuple[tuple[Any, ...], Any, st
                 raise InvalidArgumentError(
                     f"{href!r} is already signed; give the plain URL, cogflight signs it"
                 )
-            return _azure(account, container, blob, opts, extra, frozen, AzureStore)
+            return _azure(account, container, blob, opts, extra, frozen)
         raise InvalidArgumentError(
             f"{href!r} carries a SAS token; give the plain URL with store option "
             "planetary_computer=True, or AZURE_STORAGE_SAS_KEY in the environment"
@@ -400,14 +400,13 @@ def _plan_store(href: str, opts: StoreOptions) -> tuple[tuple[Any, ...], Any, st
     raise InvalidArgumentError(f"unsupported URL scheme in {href!r}")
 
 
-def _azure(
+def _azure(  # noqa: PLR0917 - private helper of _plan_store
     account: str,
     container: str,
     path: str,
     opts: StoreOptions,
     extra: dict[str, Any],
     frozen: tuple[Any, ...],
-    azure_store: Any,
 ) -> tuple[tuple[Any, ...], Any, str]:
     if not container or not path:
         raise InvalidArgumentError(
@@ -428,12 +427,12 @@ def _azure(
             provider = PlanetaryComputerCredentialProvider(
                 account_name=account, container_name=container
             )
-        return azure_store(
+        return AzureStore(
             container_name=container,
             account_name=account,
             credential_provider=provider,
-            client_options=_client_options(opts, http),
-            retry_config=_retry_config(),
+            client_options=_client_options(opts, http),  # type: ignore[arg-type]
+            retry_config=_retry_config(),  # type: ignore[arg-type]
             **cfg,
         )
 

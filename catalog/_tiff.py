@@ -127,9 +127,10 @@ class _Source:
         ``speculative`` reads (read-ahead) may come back short at end of file.
         """
         wanted: list[tuple[int, int]] = []
-        for a, b in ranges:
+        for a, want in ranges:
+            b = want
             if speculative and self.eof is not None:
-                b = min(b, self.eof)
+                b = min(want, self.eof)
                 if b <= a:
                     continue  # nothing left to read ahead; precise reads report the problem
             if self.has(a, b):
@@ -237,13 +238,16 @@ async def read_raw_tiff(
         seen.add(offset)
         if not src.has(offset, offset + count_size):
             await src.ensure(
-                [(offset, offset + max(read_ahead, count_size))], f"IFD at {offset}",
+                [(offset, offset + max(read_ahead, count_size))],
+                f"IFD at {offset}",
                 speculative=True,
             )
         await src.ensure([(offset, offset + count_size)], f"IFD at {offset}")
         (n,) = struct.unpack(bo + ("Q" if big else "H"), src.view(offset, offset + count_size))
         if n == 0 or n > _MAX_ENTRIES:
-            raise HeaderError(href, f"IFD at {offset} declares {n} entries (allowed 1..{_MAX_ENTRIES})")
+            raise HeaderError(
+                href, f"IFD at {offset} declares {n} entries (allowed 1..{_MAX_ENTRIES})"
+            )
         end = offset + count_size + n * entry_size + next_size
         await src.ensure([(offset, end)], f"IFD at {offset}")
         body = src.view(offset + count_size, end - next_size)

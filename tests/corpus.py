@@ -108,8 +108,8 @@ def _write_rasterio(c: Case, path: Path) -> None:
             profile["BIGTIFF"] = "YES"
     if c.predictor:
         profile["predictor"] = c.predictor
-    if c.compress in ("jpeg", "webp"):
-        profile["quality"] = 90
+    if c.compress == "jpeg":
+        profile["jpeg_quality"] = 90
     profile.update(c.options)
     data = smooth((c.bands, c.height, c.width), c.dtype, seed=len(c.name))
     env: dict[str, Any] = {"GDAL_TIFF_INTERNAL_MASK": True}

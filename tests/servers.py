@@ -107,10 +107,10 @@ class _RangeHandler(BaseHTTPRequestHandler):
                                          {k.lower(): v for k, v in self.headers.items()}))
 
     def _error(self, status: int, rng: str | None) -> None:
+        self._finish(status, rng, 0)
         self.send_response(status)
         self.send_header("Content-Length", "0")
         self.end_headers()
-        self._finish(status, rng, 0)
 
     def _serve(self, body: bool) -> None:
         owner = self.owner
@@ -139,11 +139,11 @@ class _RangeHandler(BaseHTTPRequestHandler):
             else:
                 start, end = max(0, size - int(m.group(2))), size
             if start >= size:
+                self._finish(416, rng, 0)
                 self.send_response(HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE)
                 self.send_header("Content-Range", f"bytes */{size}")
                 self.send_header("Content-Length", "0")
                 self.end_headers()
-                self._finish(416, rng, 0)
                 return
             status = HTTPStatus.PARTIAL_CONTENT
         length = end - start
@@ -156,7 +156,8 @@ class _RangeHandler(BaseHTTPRequestHandler):
         if status == HTTPStatus.PARTIAL_CONTENT:
             self.send_header("Content-Range", f"bytes {start}-{end - 1}/{size}")
         self.end_headers()
-        sent = 0
+        # Record before the body goes out, so a client that has its bytes sees the count.
+        self._finish(int(status), rng, length if body else 0)
         if body:
             with open(target, "rb") as fh:
                 fh.seek(start)
@@ -169,8 +170,6 @@ class _RangeHandler(BaseHTTPRequestHandler):
                         time.sleep(len(chunk) / owner.bandwidth)
                     self.wfile.write(chunk)
                     remaining -= len(chunk)
-                    sent += len(chunk)
-        self._finish(int(status), rng, sent)
 
 
 class RangeServer(_LoopbackServer):

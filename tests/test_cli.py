@@ -1,0 +1,90 @@
+"""The `cogflight` command line: every command has --help; build, info, datasets, demo work."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from catalog._cli import build_parser, main
+from catalog._samples import synthetic_scene, write_cog
+
+COMMANDS = [[], ["build"], ["build", "files"], ["build", "table"], ["build", "stac"],
+            ["build", "dataset"], ["datasets"], ["info"], ["demo"]]
+
+
+@pytest.mark.parametrize("argv", COMMANDS, ids=lambda a: " ".join(a) or "cogflight")
+def test_every_command_has_help(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main([*argv, "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: cogflight")
+
+
+def test_parser_lists_all_commands() -> None:
+    text = build_parser().format_help()
+    for cmd in ("build", "datasets", "info", "demo"):
+        assert cmd in text
+
+
+def test_build_files_then_info(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    files = []
+    for i in range(3):
+        p = tmp_path / f"f{i}.tif"
+        write_cog(p, synthetic_scene(100, 120, 2, i), geotransform=(0, 10, 0, 0, 0, -10),
+                  epsg=32631)
+        files.append(str(p))
+    (tmp_path / "bad.tif").write_text("nope")
+    out = tmp_path / "out" / "mine.parquet"
+    code = main(["-q", "build", "files", "-o", str(out), "--bands", "red,nir",
+                 "--datetime", "2024-02-03", *files, str(tmp_path / "bad.tif")])
+    captured = capsys.readouterr()
+    assert code == 0
+    assert "saved 'mine': 3 scenes, bands red, nir" in captured.out
+    assert "1 scenes failed" in captured.err and "bad.tif" in captured.err
+    assert main(["info", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "scenes:   3" in text and "red" in text and "EPSG:32631" in text
+    assert main(["info", "--json", str(out)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["scenes"] == 3 and info["datetime"][0].startswith("2024-02-03")
+
+
+def test_errors_are_clear_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["info", str(tmp_path / "missing.parquet")]) == 2
+    assert "error: no Collection at" in capsys.readouterr().err
+    assert main(["build", "files", "-o", str(tmp_path / "x.parquet"),
+                 str(tmp_path / "missing.tif")]) == 2
+    assert "error:" in capsys.readouterr().err
+    assert main(["build", "dataset", "nope/nothing", "-o", str(tmp_path / "y.parquet")]) == 2
+    assert "no dataset 'nope/nothing'" in capsys.readouterr().err
+    assert main(["build", "stac", "http://127.0.0.1:9/", "c", "--bbox", "1,2,3",
+                 "-o", str(tmp_path / "z.parquet")]) == 2
+    assert "--bbox" in capsys.readouterr().err
+
+
+def test_datasets_lists_the_registry(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["datasets"]) == 0
+    out = capsys.readouterr().out
+    for ds in ("earthsearch/sentinel-2-l2a", "pc/usda-cdl", "aef/v1-annual"):
+        assert ds in out
+
+
+def test_demo_console_script(tmp_path: Path) -> None:
+    """The README's main job, through the installed console script, in a fresh directory."""
+    exe = Path(sys.executable).with_name("cogflight")
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run([str(exe), "demo"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300, env=env, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "indexed headers of 24 files" in proc.stdout
+    assert "requests per header: median 1, max 1" in proc.stdout
+    assert (tmp_path / "collections" / "demo.parquet").is_file()
+    again = subprocess.run([str(exe), "info", "collections/demo.parquet"], cwd=tmp_path,
+                           capture_output=True, text=True, timeout=120, env=env, check=False)
+    assert again.returncode == 0 and "scenes:   6" in again.stdout

@@ -168,7 +168,7 @@ def assemble(
     store_options: StoreOptions | None = None,
     registry: StoreRegistry | None = None,
     source: Mapping[str, Any] | None = None,
-    band_info: Mapping[str, Mapping[str, Any]] | None = None,
+    band_info: Mapping[tuple[str, int], Mapping[str, Any]] | None = None,
     concurrency: int | None = None,
     read_ahead: int | None = None,
     progress: bool | None = None,
@@ -204,13 +204,18 @@ async def assemble_async(
     store_options: StoreOptions | None = None,
     registry: StoreRegistry | None = None,
     source: Mapping[str, Any] | None = None,
-    band_info: Mapping[str, Mapping[str, Any]] | None = None,
+    band_info: Mapping[tuple[str, int], Mapping[str, Any]] | None = None,
     concurrency: int | None = None,
     read_ahead: int | None = None,
     progress: bool | None = None,
     strict: bool = False,
 ) -> Collection:
-    """Async :func:`assemble`."""
+    """Async :func:`assemble`.
+
+    ``band_info`` maps ``(asset, sample)`` to fallback ``scale``/``offset``/``nodata``/
+    ``description`` (e.g. from STAC ``raster:bands``) used where the file's own header
+    has none.
+    """
     if not isinstance(name, str) or not name.strip():
         raise InvalidArgumentError("name: a Collection needs a non-empty name")
     if not scenes:
@@ -311,14 +316,16 @@ async def assemble_async(
     band_meta = []
     for b in resolved:
         h = first[b.asset]
-        extra = dict(info.get(b.name, {}))
+        extra = dict(info.get((b.asset, b.sample), {}))
         band_meta.append(
             Band(
                 name=b.name,
                 asset=b.asset,
                 sample=b.sample,
                 dtype=h.dtype,
-                nodata=h.nodata if h.nodata is not None else extra.get("nodata"),
+                nodata=h.nodata
+                if h.nodata is not None
+                else (None if extra.get("nodata") is None else str(extra["nodata"])),
                 scale=h.scales[b.sample]
                 if h.scales and h.scales[b.sample] is not None
                 else extra.get("scale"),

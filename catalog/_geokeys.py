@@ -217,6 +217,12 @@ def _crs_cached(items: tuple[tuple[int, GeoKeyValue], ...]) -> pyproj.CRS:
         if model == 1 or (model is None and PROJECTED_TYPE in keys):
             return _projected(keys)
         if model == 2 or (model is None and GEOGRAPHIC_TYPE in keys):
+            unit = _int(keys.get(GEOG_ANGULAR_UNITS))
+            if unit not in (None, 9102):
+                raise GeoKeyError(
+                    f"geographic raster in GeogAngularUnitsGeoKey {unit}: only degrees (9102) "
+                    "are supported"
+                )
             return _geographic(keys)
         pe = _esri_pe(keys)
         if pe is not None:
@@ -230,7 +236,12 @@ def _crs_cached(items: tuple[tuple[int, GeoKeyValue], ...]) -> pyproj.CRS:
 
 
 def _int(value: GeoKeyValue | None) -> int | None:
-    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+    """A GeoKey code as an int; codes stored as non-integral doubles are corrupt."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):
+        raise GeoKeyError(f"a GeoKey code holds the non-integral value {value!r}")
+    return int(value)
 
 
 def _float(keys: Mapping[int, GeoKeyValue], chain: tuple[int, ...]) -> float | None:

@@ -163,7 +163,8 @@ def build_from_stac(
             max_items=max_items,
             limit=page_size,
         )
-        items = [it.to_dict(transform_hrefs=False) for it in search.items()]
+        # Plain dicts: pystac's Item objects migrate extensions (proj:epsg -> proj:code).
+        items = list(search.items_as_dicts())
     except (pystac_client.exceptions.APIError, OSError, ValueError, TypeError) as exc:
         raise StacError(f"STAC search on {api_url} for {collections} failed: {exc}") from exc
     except Exception as exc:
@@ -201,15 +202,21 @@ def build_from_stac(
                 specs.extend(BandSpec(str(n), key, i) for i, n in enumerate(names))
     wanted = [b.asset for b in specs] + list(auto)
 
-    band_info: dict[str, dict[str, Any]] = {}
-    for b in specs:
-        rb = first_assets[b.asset].get("raster:bands") or []
-        if b.sample < len(rb) and isinstance(rb[b.sample], Mapping):
-            band_info[b.name] = {
-                k: rb[b.sample].get(k)
-                for k in ("scale", "offset", "nodata")
-                if rb[b.sample].get(k) is not None
-            }
+    # Fallbacks for what a file's own header may lack, per (asset, sample).
+    band_info: dict[tuple[str, int], dict[str, Any]] = {}
+    for key in dict.fromkeys(wanted):
+        asset_doc = first_assets[key]
+        raster = asset_doc.get("raster:bands") or []
+        eo = asset_doc.get("eo:bands") or []
+        for i in range(max(len(raster), len(eo))):
+            info: dict[str, Any] = {}
+            if i < len(raster) and isinstance(raster[i], Mapping):
+                info.update({k: raster[i][k] for k in ("scale", "offset", "nodata")
+                             if raster[i].get(k) is not None})
+            if i < len(eo) and isinstance(eo[i], Mapping) and eo[i].get("description"):
+                info["description"] = str(eo[i]["description"])
+            if info:
+                band_info[(key, i)] = info
 
     scenes: list[SceneSpec] = []
     props: list[dict[str, Any]] = []

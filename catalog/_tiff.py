@@ -76,6 +76,25 @@ WANTED_TAGS = frozenset(
 )
 _PRESENCE_ONLY = frozenset({273})
 _MAX_ENTRIES = 4096
+# No real file is anywhere near this; larger offsets are hostile (and overflow range requests).
+_MAX_OFFSET = 2**53
+
+_INTEGER_TYPES = frozenset({1, 3, 4, 8, 9, 16, 17})
+_FLOAT_TYPES = frozenset({11, 12})
+# The field types each wanted tag may have; anything else is a corrupt header.
+_ALLOWED_TYPES: dict[int, frozenset[int]] = {
+    **{
+        tag: _INTEGER_TYPES
+        for tag in (254, 255, 256, 257, 258, 259, 262, 277, 284, 317, 322, 323, 324, 325,
+                    338, 339, 530, 34735, 50674)
+    },
+    347: frozenset({1, 7}),
+    **{tag: _FLOAT_TYPES for tag in (33550, 33922, 34264, 34736)},
+    **{tag: frozenset({2}) for tag in (34737, 42112, 42113)},
+}
+_TYPE_NAMES = {1: "BYTE", 2: "ASCII", 3: "SHORT", 4: "LONG", 5: "RATIONAL", 6: "SBYTE",
+               7: "UNDEFINED", 8: "SSHORT", 9: "SLONG", 10: "SRATIONAL", 11: "FLOAT",
+               12: "DOUBLE", 13: "IFD", 16: "LONG8", 17: "SLONG8", 18: "IFD8"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +125,8 @@ class _Source:
         self.reader = reader
         self.href = href
         self.segments: list[tuple[int, memoryview]] = []
-        self.eof: int | None = None  # known file size, once a short read revealed it
+        self.eof: int | None = None  # exact file size, once a short non-empty read revealed it
+        self.ends_before: int | None = None  # an empty read at this offset: the file ends earlier
         self.round_trips = 0
         self.bytes_read = 0
 
@@ -129,18 +149,22 @@ class _Source:
         wanted: list[tuple[int, int]] = []
         for a, want in ranges:
             b = want
+            if a < 0 or b > _MAX_OFFSET:
+                raise HeaderError(
+                    self.href,
+                    f"{what} at bytes [{a}, {b}) lies past the end of the file (beyond any "
+                    "plausible file size): the file is truncated or corrupt",
+                )
             if speculative and self.eof is not None:
                 b = min(want, self.eof)
                 if b <= a:
                     continue  # nothing left to read ahead; precise reads report the problem
             if self.has(a, b):
                 continue
-            if self.eof is not None and b > self.eof:
-                raise HeaderError(
-                    self.href,
-                    f"{what} at bytes [{a}, {b}) lies past the end of the file "
-                    f"({self.eof} bytes): the file is truncated or corrupt",
-                )
+            if (self.eof is not None and b > self.eof) or (
+                self.ends_before is not None and b > self.ends_before
+            ):
+                raise self._past_end(what, a, b)
             wanted.append((a, b))
         if not wanted:
             return
@@ -151,20 +175,30 @@ class _Source:
             self.bytes_read += len(view)
             if len(view) > b - a:
                 view = view[: b - a]
-            if len(view) < b - a:
+            if 0 < len(view) < b - a:
                 self.eof = a + len(view) if self.eof is None else min(self.eof, a + len(view))
+            elif not len(view):
+                self.ends_before = a if self.ends_before is None else min(self.ends_before, a)
             if len(view):
                 self.segments.append((a, view))
         if speculative:
             return
         for a, b in wanted:
             if not self.has(a, b):
-                end = f"{self.eof} bytes" if self.eof is not None else "an unknown size"
-                raise HeaderError(
-                    self.href,
-                    f"{what} at bytes [{a}, {b}) lies past the end of the file "
-                    f"({end}): the file is truncated or corrupt",
-                )
+                raise self._past_end(what, a, b)
+
+    def _past_end(self, what: str, a: int, b: int) -> HeaderError:
+        if self.eof is not None:
+            size = f"{self.eof} bytes"
+        elif self.ends_before is not None:
+            size = f"fewer than {self.ends_before} bytes"
+        else:
+            size = "of unknown size"
+        return HeaderError(
+            self.href,
+            f"{what} at bytes [{a}, {b}) lies past the end of the file ({size}): "
+            "the file is truncated or corrupt",
+        )
 
 
 async def read_raw_tiff(
@@ -173,12 +207,17 @@ async def read_raw_tiff(
     read_ahead: int,
     max_ifds: int,
     max_tag_bytes: int,
+    max_header_bytes: int | None = None,
 ) -> RawTiff:
     """Walk every IFD of a TIFF or BigTIFF file and decode the wanted tags.
 
     Raises:
         HeaderError: the bytes are not a TIFF, are truncated, loop, or exceed a limit.
+            ``max_header_bytes`` bounds the decoded values of all IFDs together
+            (default 4 x ``max_tag_bytes``), so IFDs sharing one huge value
+            cannot multiply memory.
     """
+    budget = 4 * max_tag_bytes if max_header_bytes is None else max_header_bytes
     href = reader.href
     src = _Source(reader, href)
     await src.ensure([(0, max(read_ahead, 16))], "the file header", speculative=True)
@@ -268,6 +307,13 @@ async def read_raw_tiff(
                 continue
             if typ not in _TYPES:
                 raise HeaderError(href, f"tag {tag} in IFD at {ifd_offset} has unknown type {typ}")
+            if typ not in _ALLOWED_TYPES[tag]:
+                allowed = "/".join(_TYPE_NAMES[t] for t in sorted(_ALLOWED_TYPES[tag]))
+                raise HeaderError(
+                    href,
+                    f"tag {tag} in IFD at {ifd_offset} has type {_TYPE_NAMES[typ]}, "
+                    f"expected {allowed}",
+                )
             size = count * _TYPES[typ][1]
             if size > max_tag_bytes:
                 raise HeaderError(
@@ -275,10 +321,23 @@ async def read_raw_tiff(
                     f"tag {tag} in IFD at {ifd_offset} declares {count} values ({size} bytes), "
                     f"over the {max_tag_bytes}-byte limit",
                 )
+            budget -= count * max(8, _TYPES[typ][1])  # decoded integers widen to 8 bytes
+            if budget < 0:
+                raise HeaderError(
+                    href,
+                    "the IFDs declare more tag values than the "
+                    f"{max_header_bytes or 4 * max_tag_bytes}-byte limit for one header",
+                )
             if size <= inline:
                 plan.append((tag, typ, count, -1, bytes(value)[:size]))
             else:
                 (value_offset,) = np.frombuffer(bytes(value), dtype=offset_code, count=1).tolist()
+                if value_offset + size > _MAX_OFFSET:
+                    raise HeaderError(
+                        href,
+                        f"tag {tag} in IFD at {ifd_offset} points to byte {value_offset}, "
+                        "past the end of the file (beyond any plausible file size)",
+                    )
                 plan.append((tag, typ, count, value_offset, None))
                 if not src.has(value_offset, value_offset + size):
                     needed.append((value_offset, value_offset + size))
@@ -287,6 +346,7 @@ async def read_raw_tiff(
         await src.ensure(needed, "tag values")
 
     ifds: list[IFD] = []
+    decoded: dict[tuple[int, int, int], object] = {}  # IFDs may share one value: decode once
     for (ifd_offset, _entries), plan in zip(raw_ifds, plans, strict=True):
         tags: dict[int, object] = {}
         present: set[int] = set()
@@ -294,9 +354,20 @@ async def read_raw_tiff(
             present.add(tag)
             if tag in _PRESENCE_ONLY:
                 continue
-            size = count * _TYPES[typ][1]
-            buf = data if data is not None else src.view(value_offset, value_offset + size)
-            tags[tag] = _decode(buf, typ, count, bo)
+            if data is not None:
+                value = _decode(data, typ, count, bo)
+            else:
+                key = (value_offset, typ, count)
+                if key not in decoded:
+                    size = count * _TYPES[typ][1]
+                    decoded[key] = _decode(src.view(value_offset, value_offset + size), typ,
+                                           count, bo)
+                value = decoded[key]
+            if typ in _INTEGER_TYPES and isinstance(value, np.ndarray) and value.size and (
+                value.dtype.kind == "i" and value.min() < 0
+            ):
+                raise HeaderError(href, f"tag {tag} in IFD at {ifd_offset} holds negative values")
+            tags[tag] = value
         ifds.append(IFD(ifd_offset, tags, frozenset(present)))
     return RawTiff(bo, big, tuple(ifds), src.round_trips, src.bytes_read)
 
@@ -313,4 +384,7 @@ def _decode(buf: bytes | memoryview, typ: int, count: int, bo: str) -> object:
         den = pairs[1::2]
         return np.divide(pairs[0::2], den, out=np.zeros_like(den), where=den != 0)
     dtype = np.dtype(bo + code)
-    return np.frombuffer(buf, dtype=dtype, count=count).astype(dtype.newbyteorder("="))
+    values = np.frombuffer(buf, dtype=dtype, count=count)
+    if dtype.kind in "iu":  # widen once here, so IFDs sharing a value share one array
+        return values.astype(np.uint64 if dtype.kind == "u" else np.int64)
+    return values.astype(dtype.newbyteorder("="))

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
 __all__ = ["RangeServer", "RequestRecord", "StacServer"]
@@ -93,7 +93,7 @@ class _RangeHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     owner: RangeServer
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: Any) -> None:
         pass
 
     def do_HEAD(self) -> None:
@@ -230,7 +230,7 @@ class _StacHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     owner: StacServer
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: Any) -> None:
         pass
 
     def _json(self, obj: Any, status: int = 200) -> None:
@@ -292,7 +292,7 @@ class StacServer(_LoopbackServer):
     """A STAC API over in-memory items: search with bbox/datetime/ids/query and paging."""
 
     handler = _StacHandler
-    CONFORMS = [
+    CONFORMS: ClassVar[list[str]] = [
         "https://api.stacspec.org/v1.0.0/core",
         "https://api.stacspec.org/v1.0.0/item-search",
         "https://api.stacspec.org/v1.0.0/item-search#query",

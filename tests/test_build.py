@@ -233,7 +233,7 @@ def test_table_from_parquet_path_and_errors(tmp_path: Path) -> None:
 
 def test_table_stac_geoparquet_assets(tmp_path: Path) -> None:
     """stac-geoparquet rows: bands default to the GeoTIFF assets of the `assets` column."""
-    table, files = _table_inputs(tmp_path)
+    _, files = _table_inputs(tmp_path)
     asset = pa.struct([("href", pa.string()), ("type", pa.string()),
                        ("roles", pa.list_(pa.string()))])
     assets = pa.array(

@@ -145,7 +145,7 @@ def test_subset_rejects_bad_arguments(coll: catalog.Collection, kwargs: dict, ma
 
 
 def test_band_and_header_errors(coll: catalog.Collection) -> None:
-    with pytest.raises(catalog.InvalidArgumentError, match="unknown band 'blue'.*red, nir"):
+    with pytest.raises(catalog.InvalidArgumentError, match=r"unknown band 'blue'.*red, nir"):
         coll.header(0, "blue")
     with pytest.raises(catalog.InvalidArgumentError, match="out of range"):
         coll.header(99, "red")

@@ -25,8 +25,7 @@ def _header_end(path: Path) -> int:
         for page in tf.pages:
             end = max(end, page.offset + 16 + len(page.tags) * entry)
             for tag in page.tags:
-                end = max(end, tag.valueoffset + tag.count * tag.dtype.itemsize
-                          if hasattr(tag.dtype, "itemsize") else tag.valueoffset + tag.valuebytecount)
+                end = max(end, tag.valueoffset + tag.valuebytecount)
     return end
 
 

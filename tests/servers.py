@@ -34,6 +34,7 @@ class RequestRecord:
 
     method: str
     path: str
+    query: str
     range: str | None
     status: int
     sent: int
@@ -103,7 +104,8 @@ class _RangeHandler(BaseHTTPRequestHandler):
         self._serve(body=True)
 
     def _finish(self, status: int, rng: str | None, sent: int) -> None:
-        self.owner._record(RequestRecord(self.command, urlsplit(self.path).path, rng, status, sent,
+        parts = urlsplit(self.path)
+        self.owner._record(RequestRecord(self.command, parts.path, parts.query, rng, status, sent,
                                          {k.lower(): v for k, v in self.headers.items()}))
 
     def _error(self, status: int, rng: str | None) -> None:
@@ -113,6 +115,13 @@ class _RangeHandler(BaseHTTPRequestHandler):
         self.end_headers()
 
     def _serve(self, body: bool) -> None:
+        self.owner._enter()
+        try:
+            self._respond(body)
+        finally:
+            self.owner._leave()
+
+    def _respond(self, body: bool) -> None:
         owner = self.owner
         if owner.latency:
             time.sleep(owner.latency)
@@ -192,6 +201,17 @@ class RangeServer(_LoopbackServer):
         self.fail_paths: dict[str, int] = {}
         self._lock = threading.Lock()
         self.records: list[RequestRecord] = []
+        self.inflight = 0
+        self.max_inflight = 0
+
+    def _enter(self) -> None:
+        with self._lock:
+            self.inflight += 1
+            self.max_inflight = max(self.max_inflight, self.inflight)
+
+    def _leave(self) -> None:
+        with self._lock:
+            self.inflight -= 1
 
     def _record(self, rec: RequestRecord) -> None:
         with self._lock:
@@ -204,6 +224,7 @@ class RangeServer(_LoopbackServer):
     def reset(self) -> None:
         with self._lock:
             self.records.clear()
+            self.max_inflight = self.inflight
 
     @property
     def requests(self) -> int:

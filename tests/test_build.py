@@ -145,6 +145,26 @@ def test_files_over_http_one_request_each(tmp_path: Path) -> None:
         assert c.store_options == {"allow_http": True}
 
 
+def test_concurrency_is_bounded_and_progress_shown(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    paths = _scene_files(tmp_path, n=12, bands=1)
+    with RangeServer(tmp_path, latency=0.05) as server:
+        urls = [server.url_for(p) for p in paths]
+        c = catalog.build_from_files(urls, store_options={"allow_http": True}, concurrency=3,
+                                     progress=True)
+        assert len(c) == 12
+        assert server.max_inflight == 3  # never more, and the bound was used
+        server.reset()
+        catalog.build_from_files(urls, store_options={"allow_http": True}, concurrency=12,
+                                 progress=False)
+        assert server.max_inflight > 3
+    err = capsys.readouterr().err
+    assert "headers of collection" in err and "/12 [" in err
+    with pytest.raises(catalog.InvalidArgumentError, match="concurrency"):
+        catalog.build_from_files(urls, concurrency=0, progress=False)
+
+
 def test_files_from_s3(tmp_path: Path, moto_s3) -> None:
     endpoint, s3 = moto_s3
     s3.create_bucket(Bucket="imagery")

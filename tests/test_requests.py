@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import rasterio
 import tifffile
-from rasterio.transform import from_origin
+from affine import Affine
 
 from catalog import StoreRegistry, read_header
 from catalog._samples import synthetic_scene, write_cog
@@ -58,7 +58,7 @@ def test_read_ahead_grows_only_when_needed(tmp_path: Path) -> None:
     path = tmp_path / "big_header.tif"
     with rasterio.open(path, "w", driver="COG", width=6000, height=6000, count=1,
                        dtype="uint8", crs="EPSG:32633", blocksize=256, compress="deflate",
-                       transform=from_origin(0, 0, 1, 1)) as ds:
+                       transform=Affine(10, 0, 500000, 0, -10, 4000000)) as ds:
         ds.write(np.zeros((1, 6000, 6000), np.uint8))
     with RangeServer(tmp_path) as server:
         registry = StoreRegistry({"allow_http": True})

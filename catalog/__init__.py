@@ -35,7 +35,16 @@ from ._registry import DatasetEntry, build, get_dataset, list_datasets, register
 from ._schema import SCHEMA_VERSION, Band, asset_column
 from ._settings import Settings, parse_bytes, settings
 from ._stac import build_from_stac
-from ._stores import ObjectReader, RangeReader, StoreOptions, StoreRegistry, default_registry
+from ._stores import (
+    ObjectReader,
+    RangeReader,
+    StoreOptions,
+    StoreRegistry,
+    default_registry,
+    is_range_past_end,
+    normalize_href,
+    translate_storage_error,
+)
 
 __all__ = [
     "COMPRESSIONS",
@@ -72,8 +81,10 @@ __all__ = [
     "default_registry",
     "geometry_to_crs84",
     "get_dataset",
+    "is_range_past_end",
     "list_datasets",
     "load",
+    "normalize_href",
     "parse_bytes",
     "parse_date_range",
     "parse_nodata",
@@ -82,4 +93,5 @@ __all__ = [
     "register_dataset",
     "select_rows",
     "settings",
+    "translate_storage_error",
 ]

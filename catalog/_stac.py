@@ -211,8 +211,13 @@ def build_from_stac(
         for i in range(max(len(raster), len(eo))):
             info: dict[str, Any] = {}
             if i < len(raster) and isinstance(raster[i], Mapping):
-                info.update({k: raster[i][k] for k in ("scale", "offset", "nodata")
-                             if raster[i].get(k) is not None})
+                info.update(
+                    {
+                        k: raster[i][k]
+                        for k in ("scale", "offset", "nodata")
+                        if raster[i].get(k) is not None
+                    }
+                )
             if i < len(eo) and isinstance(eo[i], Mapping) and eo[i].get("description"):
                 info["description"] = str(eo[i]["description"])
             if info:

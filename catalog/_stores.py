@@ -44,7 +44,9 @@ __all__ = [
     "StoreRegistry",
     "coalesce_ranges",
     "default_registry",
+    "is_range_past_end",
     "normalize_href",
+    "translate_storage_error",
 ]
 
 
@@ -178,12 +180,12 @@ class ObjectReader:
                 await obstore.get_range_async(self._store, self._path, start=start, end=end)
             )
         except Exception as exc:
-            if _is_range_past_end(exc):
+            if is_range_past_end(exc):
                 return b""
             raise translate_storage_error(self._href, exc) from exc
 
 
-def _is_range_past_end(exc: BaseException) -> bool:
+def is_range_past_end(exc: BaseException) -> bool:
     """Whether a store refused a range because it starts at or after the end of the object."""
     if isinstance(exc, obs_exc.NotFoundError | FileNotFoundError):
         return False
@@ -400,7 +402,7 @@ def _plan_store(href: str, opts: StoreOptions) -> tuple[tuple[Any, ...], Any, st
     raise InvalidArgumentError(f"unsupported URL scheme in {href!r}")
 
 
-def _azure(  # noqa: PLR0917 - private helper of _plan_store
+def _azure(
     account: str,
     container: str,
     path: str,

@@ -85,16 +85,50 @@ _FLOAT_TYPES = frozenset({11, 12})
 _ALLOWED_TYPES: dict[int, frozenset[int]] = {
     **{
         tag: _INTEGER_TYPES
-        for tag in (254, 255, 256, 257, 258, 259, 262, 277, 284, 317, 322, 323, 324, 325,
-                    338, 339, 530, 34735, 50674)
+        for tag in (
+            254,
+            255,
+            256,
+            257,
+            258,
+            259,
+            262,
+            277,
+            284,
+            317,
+            322,
+            323,
+            324,
+            325,
+            338,
+            339,
+            530,
+            34735,
+            50674,
+        )
     },
     347: frozenset({1, 7}),
     **{tag: _FLOAT_TYPES for tag in (33550, 33922, 34264, 34736)},
     **{tag: frozenset({2}) for tag in (34737, 42112, 42113)},
 }
-_TYPE_NAMES = {1: "BYTE", 2: "ASCII", 3: "SHORT", 4: "LONG", 5: "RATIONAL", 6: "SBYTE",
-               7: "UNDEFINED", 8: "SSHORT", 9: "SLONG", 10: "SRATIONAL", 11: "FLOAT",
-               12: "DOUBLE", 13: "IFD", 16: "LONG8", 17: "SLONG8", 18: "IFD8"}
+_TYPE_NAMES = {
+    1: "BYTE",
+    2: "ASCII",
+    3: "SHORT",
+    4: "LONG",
+    5: "RATIONAL",
+    6: "SBYTE",
+    7: "UNDEFINED",
+    8: "SSHORT",
+    9: "SLONG",
+    10: "SRATIONAL",
+    11: "FLOAT",
+    12: "DOUBLE",
+    13: "IFD",
+    16: "LONG8",
+    17: "SLONG8",
+    18: "IFD8",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -360,11 +394,15 @@ async def read_raw_tiff(
                 key = (value_offset, typ, count)
                 if key not in decoded:
                     size = count * _TYPES[typ][1]
-                    decoded[key] = _decode(src.view(value_offset, value_offset + size), typ,
-                                           count, bo)
+                    decoded[key] = _decode(
+                        src.view(value_offset, value_offset + size), typ, count, bo
+                    )
                 value = decoded[key]
-            if typ in _INTEGER_TYPES and isinstance(value, np.ndarray) and value.size and (
-                value.dtype.kind == "i" and value.min() < 0
+            if (
+                typ in _INTEGER_TYPES
+                and isinstance(value, np.ndarray)
+                and value.size
+                and (value.dtype.kind == "i" and value.min() < 0)
             ):
                 raise HeaderError(href, f"tag {tag} in IFD at {ifd_offset} holds negative values")
             tags[tag] = value

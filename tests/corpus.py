@@ -227,7 +227,7 @@ CASES: list[Case] = [
          transform=(200000.0, 10.0, 0.0, 5000000.0, 0.0, 10.0)),
     Case("pixel_is_point", point=True),
     Case("pixel_is_point_4326", point=True, crs="EPSG:4326",
-         transform=(100.0, 0.5, 0.0, 10.0, 0.0, -0.5)),
+         transform=(100.0, 0.05, 0.0, 10.0, 0.0, -0.05)),
     # Masks, overviews, metadata.
     Case("mask", mask=True, dtype="uint8", bands=3),
     Case("mask_overviews", mask=True, overviews=(2, 4), width=1100, height=900),

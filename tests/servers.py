@@ -134,6 +134,13 @@ class _RangeHandler(BaseHTTPRequestHandler):
         if owner.fail_paths and rel in owner.fail_paths:
             self._error(owner.fail_paths[rel], rng)
             return
+        with owner._lock:
+            transient = owner.transient_failures.get(rel, 0)
+            if transient:
+                owner.transient_failures[rel] = transient - 1
+        if transient:
+            self._error(HTTPStatus.SERVICE_UNAVAILABLE, rng)
+            return
         size = target.stat().st_size
         start, end = 0, size
         status = HTTPStatus.OK
@@ -199,6 +206,7 @@ class RangeServer(_LoopbackServer):
         self.latency = latency
         self.bandwidth = bandwidth
         self.fail_paths: dict[str, int] = {}
+        self.transient_failures: dict[str, int] = {}  # path -> how many 503s before success
         self._lock = threading.Lock()
         self.records: list[RequestRecord] = []
         self.inflight = 0

@@ -1,0 +1,937 @@
+"""The chip engine: a Collection plus a request in, exact chips out, concurrently.
+
+Planning (pure) turns each geometry and scene into an output grid; rendering
+reads every band onto that grid, directly from tiles when the grid is the
+file's own (or an overview's), or by resampling otherwise; assembly applies
+nodata, internal masks, polygon masks and padding, and yields batches in
+order as soon as each is complete. The engine owns one event loop thread,
+one decode pool, one tile cache and one store registry per set of store
+options; every request in the process shares them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import datetime as dt
+import logging
+import math
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import shapely
+from shapely.geometry.base import BaseGeometry
+
+from catalog import (
+    Band,
+    CatalogError,
+    Collection,
+    HeaderRecord,
+    StoreRegistry,
+    asset_column,
+    geometry_to_crs84,
+)
+from catalog import settings as catalog_settings
+
+from ._cache import CacheStats, TileCache
+from ._errors import ChipReadError, EngineError, InvalidRequestError, LimitExceededError
+from ._geometry import reproject_geometry, same_crs
+from ._plan import (
+    GeoTransform,
+    Window,
+    centered_window,
+    choose_level,
+    geometry_window,
+    tiles_in_window,
+    window_transform,
+)
+from ._rasterize import rasterize_polygon
+from ._request import ChipRequest
+from ._settings import engine_settings
+from ._tiles import TileLoader
+from ._warp import needed_window, sample_bilinear, sample_nearest, source_coordinates
+
+__all__ = ["ChipBatch", "ChipEngine", "ChipResult", "ChipStream", "EngineStats", "Grid"]
+
+logger = logging.getLogger("cogflight.server")
+
+
+@dataclass(frozen=True, slots=True)
+class Grid:
+    """An output pixel grid: CRS, GDAL-order geotransform and size."""
+
+    crs: str
+    transform: GeoTransform
+    height: int
+    width: int
+
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        """``(xmin, ymin, xmax, ymax)`` in the grid CRS."""
+        x0, dx, _, y0, _, dy = self.transform
+        xs = (x0, x0 + dx * self.width)
+        ys = (y0, y0 + dy * self.height)
+        return (min(xs), min(ys), max(xs), max(ys))
+
+
+@dataclass(frozen=True, slots=True)
+class _Chip:
+    index: int
+    geometry_index: int
+    rows: tuple[int, ...]  # one scene, or a time series ordered by datetime
+    grid: Grid
+    polygon: BaseGeometry | None  # in the grid CRS, when masking
+
+
+@dataclass
+class ChipBatch:
+    """A batch of chips: pixels, validity and per-chip metadata.
+
+    ``chips`` is ``[N, C, H, W]`` (``[N, T, C, H, W]`` for time series),
+    ``valid`` is ``[N, H, W]`` (``[N, T, H, W]``) with True where a pixel holds
+    data: inside the raster, inside the polygon when masking, set in the
+    file's internal mask, and no band equal to its nodata.
+    """
+
+    chips: np.ndarray
+    valid: np.ndarray
+    meta: pa.Table
+    bands: tuple[Band, ...]
+    time_series: bool = False
+
+    def __len__(self) -> int:
+        return int(self.chips.shape[0])
+
+    def to_record_batch(self) -> pa.RecordBatch:
+        """The batch as Arrow, pixels as ``arrow.fixed_shape_tensor`` (zero-copy)."""
+        from ._arrow import batch_to_arrow
+
+        return batch_to_arrow(self)
+
+
+@dataclass
+class ChipResult:
+    """Every chip of a request in memory, plus the failures of ``on_error="skip"``."""
+
+    chips: np.ndarray
+    valid: np.ndarray
+    meta: pa.Table
+    bands: tuple[Band, ...]
+    failures: list[ChipReadError] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return int(self.chips.shape[0])
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    """A snapshot of what an engine did since it started."""
+
+    requests: int
+    bytes_fetched: int
+    tiles_decoded: int
+    decode_seconds: float
+    chips: int
+    errors: int
+    retries: int
+    cache: CacheStats
+
+
+class ChipStream:
+    """An iterator of :class:`ChipBatch` produced in the background, in order.
+
+    Closing it (or abandoning iteration) cancels the remaining work and frees
+    its memory. ``failures`` lists chips skipped with ``on_error="skip"``.
+    """
+
+    def __init__(
+        self, engine: ChipEngine, collection: Collection, request: ChipRequest, prefetch: int
+    ) -> None:
+        self.failures: list[ChipReadError] = []
+        self.chip_count: int = 0
+        self.shape: tuple[int, ...] | None = None
+        self._engine = engine
+        self._loop = engine._ensure_loop()
+        self._queue: asyncio.Queue[Any] | None = None
+        self._done = False
+        ready = concurrent.futures.Future[asyncio.Queue[Any]]()
+
+        def start() -> None:
+            q: asyncio.Queue[Any] = asyncio.Queue(maxsize=max(1, prefetch))
+            self._task = self._loop.create_task(engine._produce(collection, request, q, self))
+            ready.set_result(q)
+
+        self._loop.call_soon_threadsafe(start)
+        self._queue = ready.result()
+
+    def __iter__(self) -> Iterator[ChipBatch]:
+        return self
+
+    def __next__(self) -> ChipBatch:
+        if self._done or self._queue is None:
+            raise StopIteration
+        item = asyncio.run_coroutine_threadsafe(self._queue.get(), self._loop).result()
+        if item is None:
+            self._done = True
+            raise StopIteration
+        if isinstance(item, BaseException):
+            self._done = True
+            raise item
+        return item  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        """Stop producing: cancel outstanding reads and drop queued batches."""
+        if not self._done:
+            self._done = True
+            self._loop.call_soon_threadsafe(self._task.cancel)
+
+    def __enter__(self) -> ChipStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
+
+
+class ChipEngine:
+    """Produces chips from Collections; thread-safe and shared by all requests.
+
+    Args:
+        cache_bytes: decoded-tile cache budget (``COGFLIGHT_CACHE_BYTES``, default 1 GiB).
+        max_requests: concurrent range requests (``COGFLIGHT_MAX_REQUESTS``, default 64).
+        decode_threads: decode pool size (``COGFLIGHT_DECODE_THREADS``, default: cores).
+        coalesce_bytes: merge ranges of one file closer than this (default 64 KiB).
+        max_chip_pixels, max_chips: request limits.
+
+    Concurrency policy: I/O runs on one event loop thread owned by the engine;
+    decoding and assembly run in a thread pool (imagecodecs and numpy release
+    the GIL). Public methods may be called from any thread.
+    """
+
+    def __init__(
+        self,
+        *,
+        cache_bytes: int | None = None,
+        max_requests: int | None = None,
+        decode_threads: int | None = None,
+        coalesce_bytes: int | None = None,
+        max_chip_pixels: int | None = None,
+        max_chips: int | None = None,
+    ) -> None:
+        s = engine_settings()
+        self.cache = TileCache(s.cache_bytes if cache_bytes is None else cache_bytes)
+        self.max_requests = s.max_requests if max_requests is None else max_requests
+        self.decode_threads = s.decode_threads if decode_threads is None else decode_threads
+        self.coalesce_bytes = s.coalesce_bytes if coalesce_bytes is None else coalesce_bytes
+        self.max_chip_pixels = s.max_chip_pixels if max_chip_pixels is None else max_chip_pixels
+        self.max_chips = s.max_chips if max_chips is None else max_chips
+        if self.max_requests < 1 or self.decode_threads < 1:
+            raise InvalidRequestError("max_requests and decode_threads must be >= 1")
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._loader: TileLoader | None = None
+        self._pid = os.getpid()
+        self._registries: dict[tuple[Any, ...], StoreRegistry] = {}
+        self._headers: OrderedDict[tuple[str, int, int], HeaderRecord] = OrderedDict()
+        self._chips = 0
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def _ensure_loop(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._pid != os.getpid():  # forked: the parent's threads and stores are gone
+                self._loop = self._thread = self._executor = self._loader = None
+                self._registries.clear()
+                self._pid = os.getpid()
+            if self._loop is None:
+                loop = asyncio.new_event_loop()
+                self._executor = concurrent.futures.ThreadPoolExecutor(
+                    max_workers=self.decode_threads, thread_name_prefix="cogflight-decode"
+                )
+                loop.set_default_executor(self._executor)
+                started = threading.Event()
+
+                def run() -> None:
+                    asyncio.set_event_loop(loop)
+                    started.set()
+                    loop.run_forever()
+
+                self._thread = threading.Thread(target=run, name="cogflight-engine", daemon=True)
+                self._thread.start()
+                started.wait()
+                self._loop = loop
+
+                async def make_loader() -> TileLoader:
+                    assert self._executor is not None
+                    return TileLoader(
+                        cache=self.cache,
+                        executor=self._executor,
+                        max_requests=self.max_requests,
+                        coalesce_bytes=self.coalesce_bytes,
+                        max_retries=catalog_settings().max_retries,
+                    )
+
+                self._loader = asyncio.run_coroutine_threadsafe(make_loader(), loop).result()
+            return self._loop
+
+    def close(self) -> None:
+        """Stop the loop thread and the decode pool (the engine can be restarted)."""
+        with self._lock:
+            loop, thread, executor = self._loop, self._thread, self._executor
+            self._loop = self._thread = self._executor = self._loader = None
+        if loop is not None:
+            loop.call_soon_threadsafe(loop.stop)
+            if thread is not None:
+                thread.join(timeout=10)
+            loop.close()
+        if executor is not None:
+            executor.shutdown(wait=False, cancel_futures=True)
+
+    def __enter__(self) -> ChipEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def stats(self) -> EngineStats:
+        """Requests, bytes, tiles decoded, chips, errors and cache hit rate so far."""
+        loader = self._loader
+        f = loader.stats if loader is not None else None
+        return EngineStats(
+            requests=f.requests if f else 0,
+            bytes_fetched=f.bytes_fetched if f else 0,
+            tiles_decoded=f.tiles_decoded if f else 0,
+            decode_seconds=f.decode_seconds if f else 0.0,
+            chips=self._chips,
+            errors=f.errors if f else 0,
+            retries=f.retries if f else 0,
+            cache=self.cache.stats(),
+        )
+
+    # -- public API --------------------------------------------------------------------------
+    def stream(
+        self, collection: Collection, request: ChipRequest, *, prefetch: int = 2
+    ) -> ChipStream:
+        """Chips in batches of ``request.batch_rows``, produced ahead while you consume."""
+        if not isinstance(request, ChipRequest):
+            raise InvalidRequestError("request: build it with ChipRequest.create(...)")
+        return ChipStream(self, collection, request, prefetch)
+
+    def read(self, collection: Collection, request: ChipRequest) -> ChipResult:
+        """Every chip of the request, concatenated in memory."""
+        with self.stream(collection, request) as stream:
+            batches = list(stream)
+            failures = list(stream.failures)
+        return _concat(batches, failures, collection, request, self)
+
+    async def read_async(self, collection: Collection, request: ChipRequest) -> ChipResult:
+        """Async :meth:`read`: runs on the engine's loop, awaitable from any loop."""
+        return await asyncio.to_thread(self.read, collection, request)
+
+    async def stream_async(
+        self, collection: Collection, request: ChipRequest
+    ) -> AsyncIterator[ChipBatch]:
+        """Async :meth:`stream`."""
+        stream = self.stream(collection, request)
+        try:
+            while True:
+                batch = await asyncio.to_thread(next, stream, None)
+                if batch is None:
+                    return
+                yield batch
+        finally:
+            stream.close()
+
+    # -- planning ------------------------------------------------------------------------------
+    def _registry(self, collection: Collection) -> StoreRegistry:
+        opts = collection.store_options
+        key = tuple(sorted((k, str(v)) for k, v in opts.items()))
+        reg = self._registries.get(key)
+        if reg is None:
+            reg = self._registries[key] = StoreRegistry(opts)
+        return reg
+
+    def _header(self, collection: Collection, row: int, band: Band) -> HeaderRecord:
+        """Parsed header of a scene's asset, cached by href and header bytes' identity."""
+        value = collection.table.column(asset_column(band.asset))[row]
+        if not value.is_valid:
+            raise InvalidRequestError(f"scene {row} has no asset {band.asset!r}")
+        offsets = value["header"]["levels"][0]["tile_offsets"]
+        key = (str(value["href"].as_py()), len(offsets), offsets[0].as_py() if len(offsets) else 0)
+        h = self._headers.get(key)
+        if h is None:
+            try:
+                h = collection.header(row, band.name)
+            except CatalogError as exc:
+                raise InvalidRequestError(str(exc)) from exc
+            self._headers[key] = h
+            if len(self._headers) > 8192:
+                self._headers.popitem(last=False)
+        return h
+
+    def _bands(self, collection: Collection, request: ChipRequest) -> tuple[Band, ...]:
+        if request.bands is None:
+            return collection.bands
+        known = {b.name: b for b in collection.bands}
+        unknown = [b for b in request.bands if b not in known]
+        if unknown:
+            raise InvalidRequestError(
+                f"bands: {', '.join(map(repr, unknown))} not in Collection {collection.name!r}; "
+                f"it has {', '.join(known)}"
+            )
+        return tuple(known[b] for b in request.bands)
+
+    def _plan(
+        self, collection: Collection, request: ChipRequest, bands: tuple[Band, ...]
+    ) -> list[_Chip]:
+        for col in request.columns:
+            if col not in collection.table.column_names or col.startswith("asset:"):
+                raise InvalidRequestError(
+                    f"columns: Collection {collection.name!r} has no column {col!r}"
+                )
+        n = len(collection)
+        rows = np.arange(n) if request.rows is None else np.asarray(request.rows, dtype=np.int64)
+        if rows.size and (rows.min() < 0 or rows.max() >= n):
+            raise InvalidRequestError(f"rows: out of range for {n} scenes")
+        wkb = collection.table.column("geometry").take(pa.array(rows)).to_pylist()
+        footprints = shapely.from_wkb(wkb)
+        tree = shapely.STRtree(footprints)
+        try:
+            geoms84 = [geometry_to_crs84(g, request.geometry_crs) for g in request.geometries]
+        except Exception as exc:
+            raise InvalidRequestError(f"geometries: cannot project to lon/lat: {exc}") from exc
+        g_idx, f_idx = tree.query(geoms84, predicate="intersects")
+        hits: dict[int, list[int]] = {}
+        for gi, fi in zip(g_idx.tolist(), f_idx.tolist(), strict=True):
+            hits.setdefault(gi, []).append(int(rows[fi]))
+        times = collection.table.column("datetime").to_pylist()
+
+        def when(r: int) -> tuple[int, Any]:
+            t = times[r]
+            return (0, t) if t is not None else (1, dt.datetime.max.replace(tzinfo=dt.UTC))
+
+        groups: list[tuple[int, tuple[int, ...]]] = []
+        for gi in range(len(request.geometries)):
+            scene_rows = sorted(set(hits.get(gi, [])))
+            if request.time_series:
+                if scene_rows:
+                    groups.append((gi, tuple(sorted(scene_rows, key=when))))
+            else:
+                groups.extend((gi, (r,)) for r in scene_rows)
+        if len(groups) > self.max_chips:
+            raise LimitExceededError(
+                f"the request makes {len(groups)} chips, over the limit of {self.max_chips}; "
+                "narrow the filter or split the geometries"
+            )
+        chips = []
+        for i, (gi, chip_rows) in enumerate(groups):
+            grid, poly = self._grid(collection, request, bands, gi, chip_rows[0])
+            if grid.height * grid.width > self.max_chip_pixels:
+                raise LimitExceededError(
+                    f"geometry {gi} needs a {grid.height}x{grid.width} chip, over the limit of "
+                    f"{self.max_chip_pixels} pixels; use chip_size or a coarser resolution"
+                )
+            chips.append(_Chip(i, gi, chip_rows, grid, poly))
+        return chips
+
+    def _grid(
+        self,
+        collection: Collection,
+        request: ChipRequest,
+        bands: tuple[Band, ...],
+        gi: int,
+        row: int,
+    ) -> tuple[Grid, BaseGeometry | None]:
+        geom = request.geometries[gi]
+        ref = self._header(collection, row, bands[0])
+        if request.crs is None and request.resolution is None:
+            g = reproject_geometry(geom, request.geometry_crs, ref.crs)
+            if request.chip_size is not None:
+                window = centered_window(g, ref.geotransform, *request.chip_size)
+            else:
+                window = geometry_window(g, ref.geotransform)
+                if window.width == 0 or window.height == 0:  # points and lines: one pixel
+                    window = Window(
+                        window.col_off, window.row_off, max(window.width, 1), max(window.height, 1)
+                    )
+            grid = Grid(
+                ref.crs, window_transform(ref.geotransform, window), window.height, window.width
+            )
+            return grid, (g if request.mask else None)
+        crs = request.crs or ref.crs
+        if request.resolution is None:
+            if not same_crs(crs, ref.crs):
+                raise InvalidRequestError(
+                    "resolution: give a resolution (in units of crs) when crs differs from "
+                    "the rasters' CRS"
+                )
+            res_x, res_y = abs(ref.geotransform[1]), abs(ref.geotransform[5])
+        else:
+            res_x, res_y = request.resolution
+        g = reproject_geometry(geom, request.geometry_crs, crs)
+        minx, miny, maxx, maxy = g.bounds
+        if request.chip_size is not None:
+            h, w = request.chip_size
+            cx, cy = (minx + maxx) / 2, (miny + maxy) / 2
+            x0, y0 = cx - w * res_x / 2, cy + h * res_y / 2
+        else:
+            w = max(1, round((maxx - minx) / res_x))
+            h = max(1, round((maxy - miny) / res_y))
+            x0, y0 = minx, maxy
+        return Grid(crs, (x0, res_x, 0.0, y0, 0.0, -res_y), h, w), (g if request.mask else None)
+
+    # -- production ----------------------------------------------------------------------------
+    async def _produce(
+        self,
+        collection: Collection,
+        request: ChipRequest,
+        queue: asyncio.Queue[Any],
+        stream: ChipStream,
+    ) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+            bands = self._bands(collection, request)
+            out_dtype = _output_dtype(bands, collection, request)
+            chips = await loop.run_in_executor(None, self._plan, collection, request, bands)
+            if request.chip_size is not None:
+                shape = request.chip_size
+            else:
+                shape = (
+                    max((c.grid.height for c in chips), default=0),
+                    max((c.grid.width for c in chips), default=0),
+                )
+            stream.chip_count = len(chips)
+            t = max((len(c.rows) for c in chips), default=1) if request.time_series else None
+            stream.shape = ((t,) if t else ()) + (len(bands), *shape)
+            registry = self._registry(collection)
+            logger.info(
+                "collection %r: %d chips of %s, bands %s",
+                collection.name,
+                len(chips),
+                stream.shape,
+                ",".join(b.name for b in bands),
+            )
+            for start in range(0, len(chips), request.batch_rows):
+                part = chips[start : start + request.batch_rows]
+                results = await asyncio.gather(
+                    *(
+                        self._render(collection, registry, request, bands, c, out_dtype, shape, t)
+                        for c in part
+                    ),
+                    return_exceptions=True,
+                )
+                kept: list[tuple[_Chip, np.ndarray, np.ndarray]] = []
+                for c, res in zip(part, results, strict=True):
+                    if isinstance(res, ChipReadError):
+                        if request.on_error == "raise":
+                            raise res
+                        stream.failures.append(res)
+                        logger.warning("skipped chip %d: %s", c.index, res)
+                    elif isinstance(res, BaseException):
+                        raise res
+                    else:
+                        kept.append((c, res[0], res[1]))
+                if not kept:
+                    continue
+                batch = await loop.run_in_executor(
+                    None, _make_batch, collection, request, bands, kept, shape, t, out_dtype
+                )
+                self._chips += len(kept)
+                await queue.put(batch)
+            await queue.put(None)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            if not isinstance(exc, EngineError | CatalogError):
+                logger.exception("chip production failed")
+            await queue.put(exc)
+
+    async def _render(
+        self,
+        collection: Collection,
+        registry: StoreRegistry,
+        request: ChipRequest,
+        bands: tuple[Band, ...],
+        chip: _Chip,
+        out_dtype: np.dtype,
+        shape: tuple[int, int],
+        steps: int | None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        loop = asyncio.get_running_loop()
+        grid = chip.grid
+        poly_mask = None
+        if chip.polygon is not None:
+            poly_mask = await loop.run_in_executor(
+                None,
+                lambda: rasterize_polygon(
+                    chip.polygon,
+                    grid.transform,
+                    grid.height,
+                    grid.width,
+                    all_touched=request.all_touched,
+                ),
+            )
+        h, w = shape
+        n_steps = steps or 1
+        data = np.empty((n_steps, len(bands), h, w), dtype=out_dtype)
+        valid = np.zeros((n_steps, h, w), dtype=bool)
+        fills = [_fill_value(b, out_dtype, request) for b in bands]
+        for ci, f in enumerate(fills):
+            data[:, ci] = f
+        for si, row in enumerate(chip.rows):
+            step_valid = np.ones((grid.height, grid.width), dtype=bool)
+            by_asset: dict[str, list[int]] = {}
+            for bi, b in enumerate(bands):
+                by_asset.setdefault(b.asset, []).append(bi)
+            for asset_bands in by_asset.values():
+                header = self._header(collection, row, bands[asset_bands[0]])
+                samples = [bands[bi].sample for bi in asset_bands]
+                arr, ok = await self._on_grid(registry, header, samples, grid, request)
+                for k, bi in enumerate(asset_bands):
+                    data[si, bi, : grid.height, : grid.width] = _convert(
+                        arr[k], bands[bi], header, out_dtype, request
+                    )
+                step_valid &= ok
+            if poly_mask is not None:
+                # As rasterio.mask.mask: every pixel that is not valid data gets the fill.
+                step_valid &= poly_mask
+            if poly_mask is not None or request.scale_offset:
+                for bi in range(len(bands)):
+                    data[si, bi, : grid.height, : grid.width][~step_valid] = fills[bi]
+            valid[si, : grid.height, : grid.width] = step_valid
+        if steps is None:
+            return data[0], valid[0]
+        return data, valid
+
+    async def _on_grid(
+        self,
+        registry: StoreRegistry,
+        header: HeaderRecord,
+        samples: list[int],
+        grid: Grid,
+        request: ChipRequest,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Samples of one file on the output grid: a direct window when aligned, else warp."""
+        if same_crs(grid.crs, header.crs):
+            for level in range(len(header.levels)):
+                window = _aligned_window(header.level_geotransform(level), grid)
+                if window is not None:
+                    return await self._read_window(registry, header, level, window, samples)
+        loop = asyncio.get_running_loop()
+        return await self._warp(registry, header, samples, grid, request, loop)
+
+    async def _warp(
+        self,
+        registry: StoreRegistry,
+        header: HeaderRecord,
+        samples: list[int],
+        grid: Grid,
+        request: ChipRequest,
+        loop: asyncio.AbstractEventLoop,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        sx0, sy0 = await loop.run_in_executor(
+            None,
+            lambda: source_coordinates(
+                grid.transform, grid.height, grid.width, grid.crs, header.geotransform, header.crs
+            ),
+        )
+        level = choose_level(header, *_source_pixel_size(sx0, sy0, header))
+        if level:
+            img = header.levels[level]
+            fx, fy = img.width / header.width, img.height / header.height
+            sx0, sy0 = sx0 * fx, sy0 * fy
+        img = header.levels[level]
+        margin = 1 if request.resampling == "bilinear" else 0
+        need = needed_window(sx0, sy0, img.width, img.height, margin)
+        fill = _native_fill(header)
+        if need is None:
+            return (
+                np.full((len(samples), grid.height, grid.width), fill, dtype=header.dtype),
+                np.zeros((grid.height, grid.width), dtype=bool),
+            )
+        c0, r0, c1, r1 = need
+        src, src_valid = await self._read_window(
+            registry, header, level, Window(c0, r0, c1 - c0, r1 - r0), samples
+        )
+        sampler = sample_bilinear if request.resampling == "bilinear" else sample_nearest
+        return await loop.run_in_executor(None, sampler, src, src_valid, sx0, sy0, c0, r0, fill)
+
+    async def _read_window(
+        self,
+        registry: StoreRegistry,
+        header: HeaderRecord,
+        level: int,
+        window: Window,
+        samples: list[int],
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """A boundless window read: ``[len(samples), h, w]`` plus validity ``[h, w]``."""
+        loader = self._loader
+        assert loader is not None
+        img = header.levels[level]
+        refs = list(tiles_in_window(header, level, window, samples))
+        mask_refs = (
+            list(tiles_in_window(header, level, window, samples, mask=True))
+            if (header.masks and header.masks[level] is not None)
+            else []
+        )
+        tiles = await loader.load(registry, header, [r[0] for r in refs + mask_refs])
+        fill = _native_fill(header)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            None, _paste, header, img, window, samples, refs, mask_refs, tiles, fill
+        )
+
+
+# -- pure helpers (run in the decode pool) -------------------------------------------------------
+
+
+def _aligned_window(gt: GeoTransform, grid: Grid) -> Window | None:
+    """The window of a level matching the grid exactly, or None."""
+    x0, dx, rx, y0, ry, dy = grid.transform
+    if rx or ry or gt[2] or gt[4]:
+        return None
+    if not (math.isclose(dx, gt[1], rel_tol=1e-9) and math.isclose(dy, gt[5], rel_tol=1e-9)):
+        return None
+    col = (x0 - gt[0]) / gt[1]
+    row = (y0 - gt[3]) / gt[5]
+    if abs(col - round(col)) > 1e-6 or abs(row - round(row)) > 1e-6:
+        return None
+    return Window(round(col), round(row), grid.width, grid.height)
+
+
+def _source_pixel_size(sx: np.ndarray, sy: np.ndarray, header: HeaderRecord) -> tuple[float, float]:
+    """Source pixels per target pixel, in source units, measured at the grid centre."""
+    h, w = sx.shape
+    if h < 2 or w < 2:
+        return (abs(header.geotransform[1]), abs(header.geotransform[5]))
+    r, c = h // 2, w // 2
+    step_x = math.hypot(sx[r, c] - sx[r, c - 1], sy[r, c] - sy[r, c - 1])
+    step_y = math.hypot(sx[r, c] - sx[r - 1, c], sy[r, c] - sy[r - 1, c])
+    if not (math.isfinite(step_x) and math.isfinite(step_y)):
+        return (abs(header.geotransform[1]), abs(header.geotransform[5]))
+    return (step_x * abs(header.geotransform[1]), step_y * abs(header.geotransform[5]))
+
+
+def _native_fill(header: HeaderRecord) -> float | int:
+    v = header.nodata_value
+    if v is None:
+        return 0
+    if np.dtype(header.dtype).kind in "iu":
+        info = np.iinfo(header.dtype)
+        if not info.min <= v <= info.max:
+            return 0
+    return v
+
+
+def _paste(
+    header: HeaderRecord,
+    img: Any,
+    window: Window,
+    samples: list[int],
+    refs: list[Any],
+    mask_refs: list[Any],
+    tiles: dict[Any, np.ndarray | None],
+    fill: float | int,
+) -> tuple[np.ndarray, np.ndarray]:
+    h, w = window.height, window.width
+    out = np.full((len(samples), h, w), fill, dtype=header.dtype)
+    present = np.zeros((h, w), dtype=bool)
+    th, tw = img.tile_height, img.tile_width
+    for ref, plane, tr, tc in refs:
+        arr = tiles.get(ref.key)
+        # Tile rectangle in level pixels, intersected with the window and the image.
+        r0 = max(tr * th, window.row_off)
+        r1 = min(tr * th + th, window.row_off + h, img.height)
+        c0 = max(tc * tw, window.col_off)
+        c1 = min(tc * tw + tw, window.col_off + w, img.width)
+        if r0 >= r1 or c0 >= c1:
+            continue
+        dst = (
+            slice(r0 - window.row_off, r1 - window.row_off),
+            slice(c0 - window.col_off, c1 - window.col_off),
+        )
+        src = (slice(r0 - tr * th, r1 - tr * th), slice(c0 - tc * tw, c1 - tc * tw))
+        if arr is None:  # sparse tile: nodata, not data
+            continue
+        if plane < 0:
+            for k, s in enumerate(samples):
+                out[k][dst] = arr[src[0], src[1], s]
+        else:
+            for k, s in enumerate(samples):
+                if s == plane:
+                    out[k][dst] = arr[src]
+        present[dst] = True
+    valid = present
+    if mask_refs:
+        mimg = header.masks[refs[0][0].level] if refs else None
+        mvalid = np.zeros((h, w), dtype=bool)
+        if mimg is not None:
+            mth, mtw = mimg.tile_height, mimg.tile_width
+            for ref, _plane, tr, tc in mask_refs:
+                arr = tiles.get(ref.key)
+                r0 = max(tr * mth, window.row_off)
+                r1 = min(tr * mth + mth, window.row_off + h, mimg.height)
+                c0 = max(tc * mtw, window.col_off)
+                c1 = min(tc * mtw + mtw, window.col_off + w, mimg.width)
+                if r0 >= r1 or c0 >= c1 or arr is None:
+                    continue
+                mvalid[
+                    r0 - window.row_off : r1 - window.row_off,
+                    c0 - window.col_off : c1 - window.col_off,
+                ] = arr[r0 - tr * mth : r1 - tr * mth, c0 - tc * mtw : c1 - tc * mtw]
+        valid = valid & mvalid
+    nodata = header.nodata_value
+    if nodata is not None:
+        if isinstance(nodata, float) and math.isnan(nodata):
+            valid &= ~np.isnan(out).any(axis=0)
+        else:
+            valid &= ~(out == nodata).any(axis=0)
+    return out, valid
+
+
+def _output_dtype(bands: Sequence[Band], collection: Collection, request: ChipRequest) -> np.dtype:
+    native = np.result_type(*[np.dtype(b.dtype or "float32") for b in bands])
+    if request.dtype is not None:
+        target = np.dtype(request.dtype)
+        if request.scale_offset and target.kind != "f":
+            raise InvalidRequestError("dtype: scale_offset output must be a float dtype")
+        if target.kind != "f" and not np.can_cast(native, target, casting="safe"):
+            raise InvalidRequestError(
+                f"dtype: casting {native} to {target} would lose values; choose a wider "
+                "integer or a float dtype"
+            )
+        return target
+    if request.scale_offset:
+        return np.dtype("float64") if native == np.float64 else np.dtype("float32")
+    return native
+
+
+def _fill_value(band: Band, out_dtype: np.dtype, request: ChipRequest) -> float | int:
+    if request.scale_offset:
+        return float("nan")
+    nodata = band.nodata
+    if nodata is None:
+        return 0
+    try:
+        v = float(nodata)
+    except ValueError:
+        return 0
+    if out_dtype.kind in "iu":
+        if math.isnan(v) or not np.iinfo(out_dtype).min <= v <= np.iinfo(out_dtype).max:
+            return 0
+        return int(v)
+    return v
+
+
+def _convert(
+    arr: np.ndarray, band: Band, header: HeaderRecord, out_dtype: np.dtype, request: ChipRequest
+) -> np.ndarray:
+    if request.scale_offset:
+        i = band.sample
+        scale = header.scales[i] if header.scales and header.scales[i] is not None else band.scale
+        offset = (
+            header.offsets[i] if header.offsets and header.offsets[i] is not None else band.offset
+        )
+        out = arr.astype(out_dtype)
+        if scale is not None:
+            out *= scale
+        if offset is not None:
+            out += offset
+        return out
+    return arr.astype(out_dtype, copy=False)
+
+
+def _make_batch(
+    collection: Collection,
+    request: ChipRequest,
+    bands: tuple[Band, ...],
+    kept: list[tuple[_Chip, np.ndarray, np.ndarray]],
+    shape: tuple[int, int],
+    steps: int | None,
+    out_dtype: np.dtype,
+) -> ChipBatch:
+    chips = np.stack([k[1] for k in kept])
+    valid = np.stack([k[2] for k in kept])
+    table = collection.table
+    ids = table.column("id").to_pylist()
+    times = table.column("datetime").to_pylist()
+    cols: dict[str, list[Any]] = {
+        "id": [],
+        "datetime": [],
+        "geometry_index": [],
+        "crs": [],
+        "transform": [],
+        "bounds": [],
+    }
+    extra: dict[str, list[Any]] = {c: [] for c in request.columns}
+    extra_values = {c: table.column(c).to_pylist() for c in request.columns}
+    for chip, _, _ in kept:
+        if steps is None:
+            r = chip.rows[0]
+            cols["id"].append(ids[r])
+            cols["datetime"].append(times[r])
+            for c in request.columns:
+                extra[c].append(extra_values[c][r])
+        else:
+            pad = [None] * (steps - len(chip.rows))
+            cols["id"].append([ids[r] for r in chip.rows] + pad)
+            cols["datetime"].append([times[r] for r in chip.rows] + pad)
+            for c in request.columns:
+                extra[c].append([extra_values[c][r] for r in chip.rows] + pad)
+        cols["geometry_index"].append(chip.geometry_index)
+        cols["crs"].append(chip.grid.crs)
+        cols["transform"].append(list(chip.grid.transform))
+        g = Grid(chip.grid.crs, chip.grid.transform, shape[0], shape[1])
+        cols["bounds"].append(list(g.bounds))
+    ts = pa.timestamp("us", tz="UTC")
+    arrays: dict[str, pa.Array] = {
+        "id": pa.array(cols["id"], pa.list_(pa.string()) if steps else pa.string()),
+        "datetime": pa.array(cols["datetime"], pa.list_(ts) if steps else ts),
+        "geometry_index": pa.array(cols["geometry_index"], pa.int32()),
+        "crs": pa.array(cols["crs"], pa.string()),
+        "transform": pa.array(cols["transform"], pa.list_(pa.float64(), 6)),
+        "bounds": pa.array(cols["bounds"], pa.list_(pa.float64(), 4)),
+    }
+    for c in request.columns:
+        col_type = table.schema.field(c).type
+        arrays[c] = pa.array(extra[c], pa.list_(col_type) if steps else col_type)
+    return ChipBatch(chips, valid, pa.table(arrays), bands, time_series=steps is not None)
+
+
+def _concat(
+    batches: list[ChipBatch],
+    failures: list[ChipReadError],
+    collection: Collection,
+    request: ChipRequest,
+    engine: ChipEngine,
+) -> ChipResult:
+    bands = engine._bands(collection, request)
+    if not batches:
+        dtype = _output_dtype(bands, collection, request)
+        size = request.chip_size or (0, 0)
+        lead = (0, 0) if request.time_series else (0,)
+        return ChipResult(
+            np.zeros((*lead, len(bands), *size), dtype=dtype),
+            np.zeros((*lead, *size), dtype=bool),
+            pa.table({"id": pa.array([], pa.string())}),
+            bands,
+            failures,
+        )
+    return ChipResult(
+        np.concatenate([b.chips for b in batches]),
+        np.concatenate([b.valid for b in batches]),
+        pa.concat_tables([b.meta for b in batches]),
+        bands,
+        failures,
+    )

@@ -179,7 +179,7 @@ class HeaderRecord:
         """The CRS as a pyproj object."""
         return _crs_from_string(self.crs)
 
-    @property
+    @cached_property
     def nodata_value(self) -> float | int | None:
         """Nodata parsed for this file's dtype (int for integer dtypes, float otherwise)."""
         return parse_nodata(self.nodata, self.dtype)

@@ -83,11 +83,21 @@ def _raw(
     spp: int,
     dtype: np.dtype,
 ) -> np.ndarray:
-    decompress = _DECOMPRESS[img.compression]
-    raw = decompress(bytes(data) if isinstance(data, memoryview) else data)
     n = th * tw * spp
-    if len(raw) < n * dtype.itemsize:
-        raise ValueError(f"tile decompressed to {len(raw)} bytes, expected {n * dtype.itemsize}")
+    nbytes = n * dtype.itemsize
+    if img.compression in (8, 32946):
+        # libdeflate straight into the tile's final, writable buffer: one allocation per
+        # tile, and the predictor is undone in place below.
+        buf = np.empty(nbytes, dtype=np.uint8)
+        try:
+            imagecodecs.deflate_decode(data, out=buf)  # type: ignore[arg-type]
+            raw: Any = buf
+        except Exception:  # a short or oddly framed stream: let zlib say what is wrong
+            raw = imagecodecs.zlib_decode(data)  # type: ignore[arg-type]
+    else:
+        raw = _DECOMPRESS[img.compression](data)
+    if len(raw) < nbytes:
+        raise ValueError(f"tile decompressed to {len(raw)} bytes, expected {nbytes}")
     if img.predictor == 3:
         # The floating-point predictor works on the byte-shuffled stream; the codec
         # restores native floats itself.
@@ -95,13 +105,15 @@ def _raw(
         return np.asarray(imagecodecs.floatpred_decode(shuffled, axis=-2))
     arr = np.frombuffer(raw, dtype=dtype.newbyteorder(header.byte_order), count=n)
     arr = arr.reshape(th, tw, spp)
-    if arr.dtype.byteorder not in ("=", "|") and arr.dtype != dtype:
+    if arr.dtype != dtype:  # big-endian file: swap once into a native, writable copy
         arr = arr.astype(dtype)
     if img.predictor == 2:
-        if dtype.kind == "f":  # horizontal differencing of the integer representation
-            as_int = arr.view(np.dtype(f"u{dtype.itemsize}"))
-            return np.cumsum(as_int, axis=1, dtype=as_int.dtype).view(dtype)
-        return np.asarray(imagecodecs.delta_decode(arr, axis=1))
+        as_int = arr.view(np.dtype(f"u{dtype.itemsize}")) if dtype.kind == "f" else arr
+        if as_int.flags.writeable:
+            imagecodecs.delta_decode(as_int, axis=1, out=as_int)
+            return arr
+        out = np.asarray(imagecodecs.delta_decode(as_int, axis=1))
+        return out.view(dtype) if dtype.kind == "f" else out
     return arr
 
 

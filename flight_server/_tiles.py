@@ -220,13 +220,24 @@ def _consume_exception(task: asyncio.Task[None]) -> None:
         task.exception()  # errors were delivered to the waiters; do not log them twice
 
 
+_MAX_RUN_BYTES = 4 * 1024 * 1024
+
+
 def _coalesce(refs: list[TileRef], gap: int) -> list[list[TileRef]]:
-    """Group tiles of one file whose byte ranges are within ``gap`` of each other."""
+    """Group tiles of one file whose byte ranges are within ``gap`` of each other.
+
+    A group stops growing at 4 MiB: past that, one request saves little latency
+    while its tiles would all wait for the last byte before decoding starts.
+    """
     ordered = sorted(refs, key=lambda r: r.offset)
     runs: list[list[TileRef]] = []
     end = -1
     for r in ordered:
-        if runs and r.offset <= end + gap:
+        if (
+            runs
+            and r.offset <= end + gap
+            and r.offset + r.length - runs[-1][0].offset <= (_MAX_RUN_BYTES)
+        ):
             runs[-1].append(r)
             end = max(end, r.offset + r.length)
         else:

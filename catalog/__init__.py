@@ -30,6 +30,9 @@ from ._errors import (
 from ._filters import WHERE_OPS, parse_date_range, select_rows
 from ._footprint import geometry_to_crs84
 from ._header import COMPRESSIONS, HeaderRecord, ImageRecord, parse_nodata
+from ._proj import crs as cached_crs
+from ._proj import same_crs
+from ._proj import transformer as cached_transformer
 from ._read import read_header, read_header_async
 from ._registry import DatasetEntry, build, get_dataset, list_datasets, register_dataset
 from ._schema import SCHEMA_VERSION, Band, asset_column
@@ -78,6 +81,8 @@ __all__ = [
     "build_from_files",
     "build_from_stac",
     "build_from_table",
+    "cached_crs",
+    "cached_transformer",
     "default_registry",
     "geometry_to_crs84",
     "get_dataset",
@@ -91,6 +96,7 @@ __all__ = [
     "read_header",
     "read_header_async",
     "register_dataset",
+    "same_crs",
     "select_rows",
     "settings",
     "translate_storage_error",

@@ -2,24 +2,21 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 import numpy as np
 import pyproj
 import shapely
 from shapely.geometry.base import BaseGeometry
+
+from ._proj import CRS84, same_crs, transformer
 
 __all__ = ["bounds_footprint", "geometry_to_crs84", "transformer_to_crs84"]
 
 _DENSIFY = 21  # points per edge: reprojected edges curve, straight lines would cut corners
 
 
-@lru_cache(maxsize=128)
 def transformer_to_crs84(crs: str) -> pyproj.Transformer:
-    """A cached transformer from ``crs`` to longitude/latitude (x=lon, y=lat)."""
-    return pyproj.Transformer.from_crs(
-        pyproj.CRS.from_user_input(crs), pyproj.CRS("OGC:CRS84"), always_xy=True
-    )
+    """A transformer from ``crs`` to longitude/latitude (x=lon, y=lat), cached per thread."""
+    return transformer(crs, CRS84)
 
 
 def _ring(bounds: tuple[float, float, float, float]) -> tuple[np.ndarray, np.ndarray]:
@@ -83,7 +80,7 @@ def _lonlat_polygon(lon: np.ndarray, lat: np.ndarray) -> BaseGeometry:
 
 def geometry_to_crs84(geom: BaseGeometry, crs: str) -> BaseGeometry:
     """Reproject a geometry given in ``crs`` to CRS84, densifying its edges first."""
-    if pyproj.CRS.from_user_input(crs).equals(pyproj.CRS("OGC:CRS84"), ignore_axis_order=True):
+    if same_crs(crs, CRS84):
         return geom
     minx, miny, maxx, maxy = geom.bounds
     step = max(maxx - minx, maxy - miny) / (_DENSIFY - 1) or 1.0

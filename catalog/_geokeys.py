@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from functools import lru_cache
 
 import numpy as np
 import pyproj
@@ -204,12 +203,7 @@ def crs_from_geokeys(keys: Mapping[int, GeoKeyValue]) -> pyproj.CRS:
     Raises:
         GeoKeyError: no CRS can be built (geocentric, unknown code, missing parameters).
     """
-    return _crs_cached(tuple(sorted((k, v) for k, v in keys.items() if k != RASTER_TYPE)))
-
-
-@lru_cache(maxsize=256)
-def _crs_cached(items: tuple[tuple[int, GeoKeyValue], ...]) -> pyproj.CRS:
-    keys = dict(items)
+    keys = {k: v for k, v in keys.items() if k != RASTER_TYPE}
     model = _int(keys.get(MODEL_TYPE))
     try:
         if model == 3:

@@ -32,6 +32,7 @@ from ._geokeys import (
     geotransform_from_tags,
     parse_geokeys,
 )
+from ._proj import crs as crs_of
 from ._tiff import IFD, RawTiff
 
 __all__ = [
@@ -174,10 +175,10 @@ class HeaderRecord:
         """Whether the full-resolution image has an internal mask."""
         return bool(self.masks) and self.masks[0] is not None
 
-    @cached_property
+    @property
     def pyproj_crs(self) -> pyproj.CRS:
-        """The CRS as a pyproj object."""
-        return _crs_from_string(self.crs)
+        """The CRS as a pyproj object (cached per thread: pyproj objects are not shareable)."""
+        return crs_of(self.crs)
 
     @cached_property
     def nodata_value(self) -> float | int | None:
@@ -210,11 +211,6 @@ class HeaderRecord:
         )
 
     __hash__ = None  # type: ignore[assignment]
-
-
-@lru_cache(maxsize=256)
-def _crs_from_string(text: str) -> pyproj.CRS:
-    return pyproj.CRS.from_user_input(text)
 
 
 def parse_nodata(text: str | None, dtype: str) -> float | int | None:

@@ -8,7 +8,7 @@ in-process and sits under the Flight service.
 """
 
 from ._cache import CacheStats, TileCache
-from ._engine import ChipBatch, ChipEngine, ChipResult, ChipStream, EngineStats, Grid
+from ._engine import ChipBatch, ChipEngine, ChipPlan, ChipResult, ChipStream, EngineStats, Grid
 from ._errors import (
     ChipReadError,
     DecodeError,
@@ -18,27 +18,42 @@ from ._errors import (
     PartialFailureError,
     UpstreamError,
 )
+from ._query import QUERY_VERSION, Query, parse_query
 from ._request import RESAMPLING, ChipRequest
+from ._roots import CollectionNotFoundError, CollectionRoot
+from ._serve import Server, ServerConfig, serve
+from ._service import FlightService, load_tokens
 from ._settings import EngineSettings, engine_settings
 
 __all__ = [
+    "QUERY_VERSION",
     "RESAMPLING",
     "CacheStats",
     "ChipBatch",
     "ChipEngine",
+    "ChipPlan",
     "ChipReadError",
     "ChipRequest",
     "ChipResult",
     "ChipStream",
+    "CollectionNotFoundError",
+    "CollectionRoot",
     "DecodeError",
     "EngineError",
     "EngineSettings",
     "EngineStats",
+    "FlightService",
     "Grid",
     "InvalidRequestError",
     "LimitExceededError",
     "PartialFailureError",
+    "Query",
+    "Server",
+    "ServerConfig",
     "TileCache",
     "UpstreamError",
     "engine_settings",
+    "load_tokens",
+    "parse_query",
+    "serve",
 ]

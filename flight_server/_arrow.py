@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
+
+from catalog import Band
 
 if TYPE_CHECKING:
     from ._engine import ChipBatch
@@ -30,13 +33,13 @@ def _tensor_array(arr: np.ndarray, dims: list[str]) -> pa.ExtensionArray:
     return pa.ExtensionArray.from_storage(ttype, storage)
 
 
-def band_metadata(batch: ChipBatch) -> dict[bytes, bytes]:
+def band_metadata(bands: Sequence[Band]) -> dict[bytes, bytes]:
     """Field metadata of the chip column: band names, nodata, scale and offset."""
     return {
-        b"bands": json.dumps([b.name for b in batch.bands]).encode(),
-        b"nodata": json.dumps([b.nodata for b in batch.bands]).encode(),
-        b"scale": json.dumps([b.scale for b in batch.bands]).encode(),
-        b"offset": json.dumps([b.offset for b in batch.bands]).encode(),
+        b"bands": json.dumps([b.name for b in bands]).encode(),
+        b"nodata": json.dumps([b.nodata for b in bands]).encode(),
+        b"scale": json.dumps([b.scale for b in bands]).encode(),
+        b"offset": json.dumps([b.offset for b in bands]).encode(),
     }
 
 
@@ -72,7 +75,7 @@ def batch_to_arrow(batch: ChipBatch) -> pa.RecordBatch:
         batch.chips.dtype,
         batch.chips.shape[1:],
         batch.time_series,
-        band_metadata(batch),
+        band_metadata(batch.bands),
     )
     columns = [c.combine_chunks() for c in batch.meta.columns]
     columns.append(_tensor_array(batch.chips, dims))

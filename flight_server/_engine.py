@@ -38,12 +38,14 @@ from catalog import (
     StoreRegistry,
     asset_column,
     geometry_to_crs84,
+    same_crs,
 )
 from catalog import settings as catalog_settings
 
+from ._arrow import band_metadata, chip_schema
 from ._cache import CacheStats, TileCache
 from ._errors import ChipReadError, EngineError, InvalidRequestError, LimitExceededError
-from ._geometry import reproject_geometry, same_crs
+from ._geometry import reproject_geometry
 from ._plan import (
     GeoTransform,
     Window,
@@ -59,7 +61,15 @@ from ._settings import engine_settings
 from ._tiles import TileLoader
 from ._warp import needed_window, sample_bilinear, sample_nearest, source_coordinates
 
-__all__ = ["ChipBatch", "ChipEngine", "ChipResult", "ChipStream", "EngineStats", "Grid"]
+__all__ = [
+    "ChipBatch",
+    "ChipEngine",
+    "ChipPlan",
+    "ChipResult",
+    "ChipStream",
+    "EngineStats",
+    "Grid",
+]
 
 logger = logging.getLogger("cogflight.server")
 
@@ -145,6 +155,31 @@ class EngineStats:
     cache: CacheStats
 
 
+@dataclass(frozen=True)
+class ChipPlan:
+    """What a request will produce, decided before any pixel is read.
+
+    ``shape`` is every chip's shape (``[C, H, W]`` or ``[T, C, H, W]``), computed over
+    all chips of the request so that every shard of it agrees; ``chips`` counts the
+    chips of this shard (``total_chips`` those of the whole request).
+    """
+
+    collection: str
+    bands: tuple[Band, ...]
+    dtype: np.dtype
+    shape: tuple[int, ...]
+    chips: int
+    total_chips: int
+    time_series: bool
+    schema: pa.Schema
+    items: tuple[_Chip, ...] = field(repr=False, default=())
+
+    @property
+    def chip_bytes(self) -> int:
+        """Bytes of one chip's pixels."""
+        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+
+
 class ChipStream:
     """An iterator of :class:`ChipBatch` produced in the background, in order.
 
@@ -156,8 +191,9 @@ class ChipStream:
         self, engine: ChipEngine, collection: Collection, request: ChipRequest, prefetch: int
     ) -> None:
         self.failures: list[ChipReadError] = []
-        self.chip_count: int = 0
-        self.shape: tuple[int, ...] | None = None
+        self.plan = engine.plan(collection, request)  # bad requests fail here, not mid-stream
+        self.chip_count: int = self.plan.chips
+        self.shape: tuple[int, ...] = self.plan.shape
         self._engine = engine
         self._loop = engine._ensure_loop()
         self._queue: asyncio.Queue[Any] | None = None
@@ -166,7 +202,9 @@ class ChipStream:
 
         def start() -> None:
             q: asyncio.Queue[Any] = asyncio.Queue(maxsize=max(1, prefetch))
-            self._task = self._loop.create_task(engine._produce(collection, request, q, self))
+            self._task = self._loop.create_task(
+                engine._produce(collection, request, self.plan, q, self)
+            )
             ready.set_result(q)
 
         self._loop.call_soon_threadsafe(start)
@@ -324,9 +362,11 @@ class ChipEngine:
     def stream(
         self, collection: Collection, request: ChipRequest, *, prefetch: int = 2
     ) -> ChipStream:
-        """Chips in batches of ``request.batch_rows``, produced ahead while you consume."""
-        if not isinstance(request, ChipRequest):
-            raise InvalidRequestError("request: build it with ChipRequest.create(...)")
+        """Chips in batches of ``request.batch_rows``, produced ahead while you consume.
+
+        Planning happens here, in the caller's thread, so a bad request raises
+        before any pixel is read.
+        """
         return ChipStream(self, collection, request, prefetch)
 
     def read(self, collection: Collection, request: ChipRequest) -> ChipResult:
@@ -334,7 +374,7 @@ class ChipEngine:
         with self.stream(collection, request) as stream:
             batches = list(stream)
             failures = list(stream.failures)
-        return _concat(batches, failures, collection, request, self)
+        return _concat(batches, failures, stream.plan)
 
     async def read_async(self, collection: Collection, request: ChipRequest) -> ChipResult:
         """Async :meth:`read`: runs on the engine's loop, awaitable from any loop."""
@@ -493,34 +533,64 @@ class ChipEngine:
         return Grid(crs, (x0, res_x, 0.0, y0, 0.0, -res_y), h, w), (g if request.mask else None)
 
     # -- production ----------------------------------------------------------------------------
+    def plan(self, collection: Collection, request: ChipRequest) -> ChipPlan:
+        """Plan a request without reading pixels: chip count, shape, dtype, Arrow schema.
+
+        Raises:
+            InvalidRequestError: a field does not fit this Collection.
+            LimitExceededError: too many chips, or chips too large.
+        """
+        if not isinstance(request, ChipRequest):
+            raise InvalidRequestError("request: build it with ChipRequest.create(...)")
+        bands = self._bands(collection, request)
+        out_dtype = _output_dtype(bands, collection, request)
+        chips = self._plan(collection, request, bands)
+        if request.chip_size is not None:
+            hw = request.chip_size
+        else:
+            hw = (
+                max((c.grid.height for c in chips), default=0),
+                max((c.grid.width for c in chips), default=0),
+            )
+        t = max((len(c.rows) for c in chips), default=1) if request.time_series else None
+        shape = ((t,) if t else ()) + (len(bands), *hw)
+        total = len(chips)
+        if request.shard is not None:
+            index, count = request.shard
+            chips = chips[index * total // count : (index + 1) * total // count]
+        meta = _meta_schema(collection, request)
+        schema = chip_schema(meta, out_dtype, shape, request.time_series, band_metadata(bands))
+        return ChipPlan(
+            collection.name,
+            bands,
+            out_dtype,
+            shape,
+            len(chips),
+            total,
+            request.time_series,
+            schema,
+            tuple(chips),
+        )
+
     async def _produce(
         self,
         collection: Collection,
         request: ChipRequest,
+        plan: ChipPlan,
         queue: asyncio.Queue[Any],
         stream: ChipStream,
     ) -> None:
         try:
             loop = asyncio.get_running_loop()
-            bands = self._bands(collection, request)
-            out_dtype = _output_dtype(bands, collection, request)
-            chips = await loop.run_in_executor(None, self._plan, collection, request, bands)
-            if request.chip_size is not None:
-                shape = request.chip_size
-            else:
-                shape = (
-                    max((c.grid.height for c in chips), default=0),
-                    max((c.grid.width for c in chips), default=0),
-                )
-            stream.chip_count = len(chips)
-            t = max((len(c.rows) for c in chips), default=1) if request.time_series else None
-            stream.shape = ((t,) if t else ()) + (len(bands), *shape)
+            bands, out_dtype, chips = plan.bands, plan.dtype, list(plan.items)
+            shape = (plan.shape[-2], plan.shape[-1])
+            t = plan.shape[0] if plan.time_series else None
             registry = self._registry(collection)
             logger.info(
                 "collection %r: %d chips of %s, bands %s",
                 collection.name,
                 len(chips),
-                stream.shape,
+                plan.shape,
                 ",".join(b.name for b in bands),
             )
             columns = _Columns.of(collection, request)
@@ -607,7 +677,9 @@ class ChipEngine:
         data = pb.data if keep.all() else pb.data[keep]
         valid = pb.valid if keep.all() else pb.valid[keep]
         loop = asyncio.get_running_loop()
-        meta = await loop.run_in_executor(None, _batch_meta, columns, request, kept, shape, steps)
+        meta = await loop.run_in_executor(
+            None, _batch_meta, columns, request, kept, shape, steps, columns.schema
+        )
         self._chips += len(kept)
         await queue.put(ChipBatch(data, valid, meta, bands, time_series=steps is not None))
 
@@ -914,6 +986,24 @@ def _apply_scale_offset(region: np.ndarray, band: Band, header: HeaderRecord) ->
         region += offset
 
 
+def _meta_schema(collection: Collection, request: ChipRequest) -> pa.Schema:
+    """Schema of the metadata columns of a chip stream (before ``chip`` and ``valid``)."""
+    ts = pa.timestamp("us", tz="UTC")
+    many = request.time_series
+    fields = [
+        pa.field("id", pa.list_(pa.string()) if many else pa.string()),
+        pa.field("datetime", pa.list_(ts) if many else ts),
+        pa.field("geometry_index", pa.int32()),
+        pa.field("crs", pa.string()),
+        pa.field("transform", pa.list_(pa.float64(), 6)),
+        pa.field("bounds", pa.list_(pa.float64(), 4)),
+    ]
+    for c in request.columns:
+        t = collection.table.schema.field(c).type
+        fields.append(pa.field(c, pa.list_(t) if many else t))
+    return pa.schema(fields)
+
+
 @dataclass(frozen=True)
 class _Columns:
     """Per-scene metadata of a request as Python lists, read from the table once."""
@@ -922,6 +1012,7 @@ class _Columns:
     times: list[Any]
     extra: dict[str, list[Any]]
     types: dict[str, pa.DataType]
+    schema: pa.Schema
 
     @classmethod
     def of(cls, collection: Collection, request: ChipRequest) -> _Columns:
@@ -931,6 +1022,7 @@ class _Columns:
             t.column("datetime").to_pylist(),
             {c: t.column(c).to_pylist() for c in request.columns},
             {c: t.schema.field(c).type for c in request.columns},
+            _meta_schema(collection, request),
         )
 
 
@@ -940,6 +1032,7 @@ def _batch_meta(
     kept: list[_Chip],
     shape: tuple[int, int],
     steps: int | None,
+    meta_schema: pa.Schema,
 ) -> pa.Table:
     """The metadata table of a batch: ids, datetimes, grids, pass-through columns."""
     cols: dict[str, list[Any]] = {
@@ -981,32 +1074,25 @@ def _batch_meta(
     for c in request.columns:
         col_type = columns.types[c]
         arrays[c] = pa.array(extra[c], pa.list_(col_type) if steps else col_type)
-    return pa.table(arrays)
+    return pa.table(arrays, schema=meta_schema)
 
 
-def _concat(
-    batches: list[ChipBatch],
-    failures: list[ChipReadError],
-    collection: Collection,
-    request: ChipRequest,
-    engine: ChipEngine,
-) -> ChipResult:
-    bands = engine._bands(collection, request)
+def _concat(batches: list[ChipBatch], failures: list[ChipReadError], plan: ChipPlan) -> ChipResult:
     if not batches:
-        dtype = _output_dtype(bands, collection, request)
-        size = request.chip_size or (0, 0)
-        lead = (0, 0) if request.time_series else (0,)
+        lead = (0,)
+        valid_shape = (plan.shape[0], *plan.shape[2:]) if plan.time_series else plan.shape[1:]
+        meta = pa.schema([f for f in plan.schema if f.name not in ("chip", "valid")])
         return ChipResult(
-            np.zeros((*lead, len(bands), *size), dtype=dtype),
-            np.zeros((*lead, *size), dtype=bool),
-            pa.table({"id": pa.array([], pa.string())}),
-            bands,
+            np.zeros((*lead, *plan.shape), dtype=plan.dtype),
+            np.zeros((*lead, *valid_shape), dtype=bool),
+            meta.empty_table(),
+            plan.bands,
             failures,
         )
     return ChipResult(
         np.concatenate([b.chips for b in batches]),
         np.concatenate([b.valid for b in batches]),
         pa.concat_tables([b.meta for b in batches]),
-        bands,
+        plan.bands,
         failures,
     )

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -19,6 +18,10 @@ import pyproj
 import shapely
 from shapely.geometry.base import BaseGeometry
 
+from catalog import cached_crs as proj_crs
+from catalog import cached_transformer as proj_transformer
+from catalog import same_crs
+
 from ._errors import InvalidRequestError
 
 __all__ = ["parse_crs", "reproject_geometry", "to_geometries"]
@@ -26,28 +29,18 @@ __all__ = ["parse_crs", "reproject_geometry", "to_geometries"]
 _DENSIFY_POINTS = 21
 
 
-@lru_cache(maxsize=256)
 def parse_crs(value: str) -> pyproj.CRS:
-    """A CRS from ``"EPSG:4326"``, WKT, PROJ JSON or a PROJ string."""
+    """A CRS from ``"EPSG:4326"``, WKT, PROJ JSON or a PROJ string (cached per thread)."""
     try:
-        return pyproj.CRS.from_user_input(value)
+        return proj_crs(value)
     except pyproj.exceptions.CRSError as exc:
         raise InvalidRequestError(f"crs: cannot read {value!r} as a CRS ({exc})") from exc
 
 
-@lru_cache(maxsize=256)
 def _transformer(src: str, dst: str) -> pyproj.Transformer:
-    return pyproj.Transformer.from_crs(parse_crs(src), parse_crs(dst), always_xy=True)
-
-
-def same_crs(a: str, b: str) -> bool:
-    """Whether two CRS strings mean the same CRS."""
-    return a == b or _same_crs(a, b)
-
-
-@lru_cache(maxsize=1024)
-def _same_crs(a: str, b: str) -> bool:
-    return bool(parse_crs(a).equals(parse_crs(b), ignore_axis_order=True))
+    parse_crs(src)
+    parse_crs(dst)
+    return proj_transformer(src, dst)
 
 
 def transform_points(

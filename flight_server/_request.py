@@ -63,6 +63,7 @@ class ChipRequest:
     columns: tuple[str, ...] = ()
     on_error: Literal["raise", "skip"] = "raise"
     rows: tuple[int, ...] | None = field(default=None)  # restrict to these Collection rows
+    shard: tuple[int, int] | None = None  # (index, count): this part of the planned chips
 
     @classmethod
     def create(
@@ -84,6 +85,7 @@ class ChipRequest:
         columns: Sequence[str] = (),
         on_error: str = "raise",
         rows: Sequence[int] | None = None,
+        shard: Sequence[int] | None = None,
     ) -> ChipRequest:
         """Validate and normalize a request (see the class fields for meanings).
 
@@ -147,6 +149,21 @@ class ChipRequest:
         row_tuple = None
         if rows is not None:
             row_tuple = tuple(int(r) for r in rows)
+        shard_pair = None
+        if shard is not None:
+            if (
+                isinstance(shard, str)
+                or not isinstance(shard, Sequence)
+                or len(shard) != 2
+                or not all(isinstance(v, int) and not isinstance(v, bool) for v in shard)
+            ):
+                raise InvalidRequestError(f"shard: expected (index, count), got {shard!r}")
+            index, count = int(shard[0]), int(shard[1])
+            if count < 1 or not 0 <= index < count:
+                raise InvalidRequestError(
+                    f"shard: index must be in [0, count) and count >= 1, got {index}/{count}"
+                )
+            shard_pair = (index, count)
         return cls(
             geometries=geoms,
             geometry_crs=geometry_crs,
@@ -164,4 +181,5 @@ class ChipRequest:
             columns=tuple(columns),
             on_error=on_error,  # type: ignore[arg-type]
             rows=row_tuple,
+            shard=shard_pair,
         )

@@ -17,7 +17,9 @@ import math
 
 import numpy as np
 
-from ._geometry import same_crs, transform_points
+from catalog import same_crs
+
+from ._geometry import transform_points
 from ._plan import GeoTransform
 
 __all__ = ["sample_bilinear", "sample_nearest", "source_coordinates"]

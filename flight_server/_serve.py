@@ -103,7 +103,8 @@ def _worker_main(config: ServerConfig, worker: int, conn: Any) -> None:
     locations = conn.recv()
     if not config.advertise:
         svc.locations = list(locations)
-    signal.signal(signal.SIGTERM, lambda *_: svc.shutdown())
+    # SIGTERM keeps its default action: a worker holds no state worth a graceful exit,
+    # and serve() blocks in C++ where a Python handler would never run.
     logger.info("worker %d serving %s on %s", worker, config.root, svc.location)
     svc.serve()
     svc.close()
@@ -197,6 +198,9 @@ class Server:
                 proc.terminate()
         for proc, _ in self._children:
             proc.join(timeout=10)
+            if proc.is_alive():
+                proc.kill()
+                proc.join(timeout=5)
         self._children.clear()
         if self._service is not None:
             self._service.shutdown()

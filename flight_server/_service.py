@@ -94,6 +94,36 @@ class _AuthFactory(flight.ServerMiddlewareFactory):  # type: ignore[misc]
         return _AuthMiddleware(match[1])
 
 
+def _varint_len(n: int) -> int:
+    size = 1
+    while n >= 128:
+        n >>= 7
+        size += 1
+    return size
+
+
+def _ipc_header_length(batch: pa.RecordBatch) -> int:
+    """Length of a batch's IPC metadata (the same for any row count of one schema)."""
+    data = batch.slice(0, min(1, batch.num_rows)).serialize()
+    return int.from_bytes(data.to_pybytes()[4:8], "little")
+
+
+def _alignment_padding(batch: pa.RecordBatch, header_len: int) -> pa.Buffer:
+    """app_metadata that puts the message body at a 64-byte offset of the Flight message.
+
+    A FlightData message is [data_header][app_metadata][data_body] in protobuf
+    framing; a client that receives it in one aligned allocation then sees every
+    column buffer aligned, so tensors can use them without a copy (pixels of
+    uint16 and wider need aligned memory).
+    """
+    body_len = pa.ipc.get_record_batch_size(batch) - 8 - header_len
+    fixed = 1 + _varint_len(header_len) + header_len + 2 + _varint_len(body_len)
+    pad = 1
+    while (fixed + 1 + _varint_len(pad) + pad) % 64:
+        pad += 1
+    return pa.py_buffer(bytes(pad))
+
+
 def _to_flight(exc: BaseException) -> Any:
     """Map an error to the Flight status a client should see."""
     if isinstance(exc, flight.FlightError):
@@ -150,10 +180,13 @@ class FlightService(flight.FlightServerBase):  # type: ignore[misc]
             root_certificates=root_certificates,
         )
         scheme, _, rest = location.partition("://")
-        host = rest.rsplit(":", 1)[0] if ":" in rest else rest
-        if host in ("0.0.0.0", "[::]", ""):
-            host = "127.0.0.1"
-        self.location = f"{scheme}://{host}:{self.port}"
+        if scheme == "grpc+unix":  # a local socket: the path is the whole address
+            self.location = location
+        else:
+            host = rest.rsplit(":", 1)[0] if ":" in rest else rest
+            if host in ("0.0.0.0", "[::]", ""):
+                host = "127.0.0.1"
+            self.location = f"{scheme}://{host}:{self.port}"
         self.root = root
         self.engine = engine
         self.locations = list(locations) if locations else [self.location]
@@ -331,14 +364,17 @@ class FlightService(flight.FlightServerBase):  # type: ignore[misc]
     ) -> Iterator[pa.RecordBatch]:
         sent = 0
         finished = False
+        header_len: int | None = None
         try:
             for batch in stream:
                 if context.is_cancelled():  # the client went away: stop, free the work
                     break
                 rb = batch.to_record_batch()
+                if header_len is None:
+                    header_len = _ipc_header_length(rb)
                 sent += rb.num_rows
                 self._count("batches_sent")
-                yield rb
+                yield rb, _alignment_padding(rb, header_len)
             else:
                 finished = True
         except GeneratorExit:

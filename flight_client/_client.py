@@ -1,0 +1,285 @@
+"""Connecting to a cogflight server, or starting one inside this process.
+
+Remote use needs only pyarrow. ``connect()`` without a location starts the
+Flight service in this process on a local (unix) socket over ``root``, so a
+training job needs no server started by hand; the server package is imported
+only then. A client is thread-safe; after ``fork`` (DataLoader workers) it
+opens a fresh connection on first use, because gRPC is not fork-safe.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import threading
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+from pyarrow import flight
+
+from ._errors import ClientError, MissingDependencyError, call, translated
+from ._query import build_query
+
+__all__ = ["Client", "connect"]
+
+logger = logging.getLogger("cogflight.client")
+
+
+class Client:
+    """A connection to a cogflight Flight server (see :func:`connect`)."""
+
+    def __init__(
+        self,
+        location: str,
+        *,
+        token: str | None = None,
+        tls_root_certs: bytes | None = None,
+        cert_chain: bytes | None = None,
+        private_key: bytes | None = None,
+        embedded: Any = None,
+    ) -> None:
+        self.location = location
+        self._token = token
+        self._tls = {
+            k: v
+            for k, v in (
+                ("tls_root_certs", tls_root_certs),
+                ("cert_chain", cert_chain),
+                ("private_key", private_key),
+            )
+            if v is not None
+        }
+        self._embedded = embedded
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+        self._clients: dict[str, flight.FlightClient] = {}
+        self._closed = False
+
+    # -- connection management ------------------------------------------------------------
+    @property
+    def embedded(self) -> bool:
+        """Whether this client started the server it talks to."""
+        return self._embedded is not None
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle as an address: the receiving process connects on first use."""
+        return {"location": self.location, "token": self._token, "tls": self._tls}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["location"], token=state["token"], **state["tls"])  # type: ignore[misc]
+
+    def _options(self) -> flight.FlightCallOptions:
+        if self._token is None:
+            return flight.FlightCallOptions()
+        return flight.FlightCallOptions(
+            headers=[(b"authorization", f"Bearer {self._token}".encode())]
+        )
+
+    def connection(self, location: str | None = None) -> flight.FlightClient:
+        """The FlightClient for ``location`` (default: the server's), one per process."""
+        if self._closed:
+            raise ClientError("the client is closed")
+        where = location or self.location
+        with self._lock:
+            if os.getpid() != self._pid:  # forked: the parent's channels are unusable here
+                self._clients = {}
+                self._pid = os.getpid()
+            fc = self._clients.get(where)
+            if fc is None:
+                fc = self._clients[where] = call(flight.connect, where, **self._tls)
+            return fc
+
+    def close(self) -> None:
+        """Close connections (and stop the embedded server, if this client started one)."""
+        if self._closed:
+            return
+        self._closed = True
+        with self._lock:
+            clients, self._clients = self._clients, {}
+        if os.getpid() == self._pid:
+            for fc in clients.values():
+                fc.close()
+            if self._embedded is not None:
+                self._embedded.shutdown()
+                self._embedded = None
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Client({self.location!r}{', embedded' if self.embedded else ''})"
+
+    # -- metadata -----------------------------------------------------------------------------
+    def _action(self, kind: str, body: bytes = b"") -> Any:
+        with translated():
+            results = list(
+                self.connection().do_action(flight.Action(kind, body), options=self._options())
+            )
+        return json.loads(results[0].body.to_pybytes()) if results else None
+
+    def health(self) -> dict[str, Any]:
+        """The server's health document."""
+        return self._action("health")  # type: ignore[no-any-return]
+
+    def stats(self) -> dict[str, Any]:
+        """The server's counters: streams, chips, requests, bytes, cache hit rate, errors."""
+        return self._action("stats")  # type: ignore[no-any-return]
+
+    def collections(self) -> list[dict[str, Any]]:
+        """Every Collection this client may read: name, scenes, bands."""
+        return self._action("collections")  # type: ignore[no-any-return]
+
+    def describe(self, name: str) -> dict[str, Any]:
+        """One Collection's summary (scenes, bands, CRSs, time span, extent, columns)."""
+        return self._action("describe", name.encode())  # type: ignore[no-any-return]
+
+    def index(self, name: str) -> pa.Table:
+        """A Collection's index as an Arrow table (GeoParquet metadata included)."""
+        with translated():
+            fc = self.connection()
+            info = fc.get_flight_info(
+                flight.FlightDescriptor.for_path(name), options=self._options()
+            )
+            return fc.do_get(info.endpoints[0].ticket, options=self._options()).read_all()
+
+    # -- chips -----------------------------------------------------------------------------------
+    def query(self, collection: str, **kwargs: Any) -> dict[str, Any]:
+        """The v1 query document for these arguments (see :meth:`chips`)."""
+        return build_query(collection, **kwargs)
+
+    def plan(
+        self, collection: str, *, shards: int | None = None, **kwargs: Any
+    ) -> flight.FlightInfo:
+        """Plan a query: the FlightInfo with its schema and shard endpoints."""
+        doc = build_query(collection, **kwargs)
+        if shards is not None:
+            doc["shard"] = {"count": int(shards)}
+        with translated():
+            return self.connection().get_flight_info(
+                flight.FlightDescriptor.for_command(json.dumps(doc)), options=self._options()
+            )
+
+    def read_endpoint(self, endpoint: flight.FlightEndpoint) -> Iterator[pa.RecordBatch]:
+        """Stream one endpoint's batches, from its advertised location when it has one."""
+        where = endpoint.locations[0].uri.decode() if endpoint.locations else None
+        if where and where.startswith("arrow-flight-reuse-connection"):
+            where = None
+        yield from self._stream(endpoint.ticket, where)
+
+    def _stream(self, ticket: flight.Ticket, where: str | None) -> Iterator[pa.RecordBatch]:
+        with translated():
+            reader = self.connection(where).do_get(ticket, options=self._options())
+        try:
+            while True:
+                with translated():
+                    try:
+                        chunk = reader.read_chunk()
+                    except StopIteration:
+                        return
+                yield chunk.data
+        finally:
+            reader.cancel()  # stops the server's work when the consumer stops early
+
+    def chips(
+        self,
+        collection: str,
+        *,
+        geometries: Any,
+        geometry_crs: str = "EPSG:4326",
+        bands: Sequence[str] | None = None,
+        filter: Mapping[str, Any] | None = None,
+        chip_size: int | Sequence[int] | None = None,
+        resolution: float | Sequence[float] | None = None,
+        crs: str | None = None,
+        resampling: str | None = None,
+        time_series: bool | None = None,
+        mask: bool | None = None,
+        all_touched: bool | None = None,
+        dtype: str | None = None,
+        scale_offset: bool | None = None,
+        batch_rows: int | None = None,
+        columns: Sequence[str] | None = None,
+        shard: Mapping[str, int] | None = None,
+        on_error: str | None = None,
+    ) -> Iterator[pa.RecordBatch]:
+        """Chips as RecordBatches, streamed as the server produces them.
+
+        Arguments are the wire contract's fields (docs/wire-contract.md);
+        ``geometries`` may be bbox tuples, shapely geometries, WKB or GeoJSON.
+        """
+        doc = build_query(
+            collection,
+            geometries=geometries,
+            geometry_crs=geometry_crs,
+            bands=bands,
+            filter=filter,
+            chip_size=chip_size,
+            resolution=resolution,
+            crs=crs,
+            resampling=resampling,
+            time_series=time_series,
+            mask=mask,
+            all_touched=all_touched,
+            dtype=dtype,
+            scale_offset=scale_offset,
+            batch_rows=batch_rows,
+            columns=columns,
+            shard=shard,
+            on_error=on_error,
+        )
+        yield from self._stream(flight.Ticket(json.dumps(doc).encode()), None)
+
+
+def connect(
+    location: str | None = None,
+    *,
+    root: str | os.PathLike[str] | None = None,
+    token: str | None = None,
+    tls_root_certs: bytes | None = None,
+    cert_chain: bytes | None = None,
+    private_key: bytes | None = None,
+    cache_bytes: int | str | None = None,
+) -> Client:
+    """Connect to a server, or start one in this process when ``location`` is None.
+
+    Args:
+        location: e.g. ``grpc://host:8815`` or ``grpc+tls://host:8815``.
+        root: Collections to serve in embedded mode (default ``./collections``).
+        token: bearer token for servers started with ``--token-file``.
+        tls_root_certs, cert_chain, private_key: TLS trust and client certificate (PEM).
+        cache_bytes: decoded-tile cache of the embedded server.
+    """
+    if location is not None:
+        if root is not None:
+            raise ClientError("give either a location (remote) or a root (embedded), not both")
+        return Client(
+            location,
+            token=token,
+            tls_root_certs=tls_root_certs,
+            cert_chain=cert_chain,
+            private_key=private_key,
+        )
+    try:
+        from flight_server import Server
+    except ImportError as exc:  # pragma: no cover - both ship in the cogflight distribution
+        raise MissingDependencyError(
+            "embedded mode needs the cogflight server package: pip install cogflight"
+        ) from exc
+    root_path = Path(root if root is not None else "collections")
+    if not root_path.is_dir() and "://" not in str(root_path):
+        raise ClientError(
+            f"no Collections directory at {root_path.resolve()}; save a "
+            "Collection there or pass root=..."
+        )
+    sock = Path(tempfile.gettempdir()) / f"cogflight-{os.getpid()}-{uuid.uuid4().hex[:8]}.sock"
+    server = Server(str(root_path), unix_socket=str(sock), cache_bytes=cache_bytes).start()
+    logger.info("embedded cogflight server over %s at %s", root_path, server.location)
+    return Client(server.location, embedded=server)

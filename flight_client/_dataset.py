@@ -1,0 +1,125 @@
+"""A PyTorch ``IterableDataset`` over a cogflight query: every chip exactly once per epoch.
+
+The query is planned into shard endpoints; endpoints are dealt round-robin to
+every consumer (DDP rank x DataLoader worker), after a shuffle that depends only
+on ``seed`` and the epoch, so all consumers agree on the split without talking.
+Connections are opened lazily inside each worker (gRPC is not fork-safe).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from ._client import Client, connect
+from ._errors import InvalidQueryError, MissingDependencyError
+from ._torch import to_torch
+
+try:
+    from torch.utils.data import IterableDataset, get_worker_info
+except ImportError:  # pragma: no cover - the dataset needs torch; the client does not
+    IterableDataset = object  # type: ignore[assignment, misc]
+    get_worker_info = None  # type: ignore[assignment]
+
+__all__ = ["ChipDataset"]
+
+
+def _consumer() -> tuple[int, int]:
+    """(index, count) of this consumer among DDP ranks x DataLoader workers."""
+    rank, world = 0, 1
+    try:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            rank, world = dist.get_rank(), dist.get_world_size()
+    except ImportError:  # pragma: no cover
+        pass
+    info = get_worker_info() if get_worker_info is not None else None
+    wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
+    return rank * nw + wid, world * nw
+
+
+class ChipDataset(IterableDataset[dict[str, Any]]):
+    """Chips of one query as samples (or whole batches) of tensors.
+
+    Args:
+        client: a :class:`Client` or a location string (``None``: embedded server).
+        collection: the Collection name.
+        shuffle: deal endpoints (and chips within a batch) in a per-epoch random order.
+        seed: base of the shuffle; ``set_epoch(e)`` changes it per epoch.
+        shards_per_consumer: endpoints per consumer (more = finer load balance).
+        batches: yield whole batches (use ``DataLoader(batch_size=None)``) instead of chips.
+        unsigned: cast for uint16/32/64 pixels (see :func:`to_torch`).
+        **query: the wire-contract fields (geometries, bands, chip_size, filter...).
+
+    Every chip of the query is yielded exactly once per epoch over all DDP ranks and
+    DataLoader workers. Each consumer may get a different number of chips.
+    """
+
+    def __init__(
+        self,
+        client: Client | str | None,
+        collection: str,
+        *,
+        shuffle: bool = False,
+        seed: int = 0,
+        shards_per_consumer: int = 2,
+        batches: bool = False,
+        unsigned: str = "keep",
+        **query: Any,
+    ) -> None:
+        if IterableDataset is object:
+            raise MissingDependencyError(
+                "ChipDataset needs PyTorch: pip install 'cogflight[torch]'"
+            )
+        if shards_per_consumer < 1:
+            raise InvalidQueryError("shards_per_consumer must be >= 1")
+        self.client = client if isinstance(client, Client) else connect(client)
+        self.collection = collection
+        self.shuffle = shuffle
+        self.seed = int(seed)
+        self.shards_per_consumer = shards_per_consumer
+        self.batches = batches
+        self.unsigned = unsigned
+        self.query = query
+        self.client.query(collection, **query)  # validate the arguments now
+        # Shared with DataLoader workers (also persistent ones) so set_epoch reaches them.
+        self._epoch = multiprocessing.get_context().RawValue("q", 0)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Use the shuffle of ``epoch`` from the next iteration on (in every worker)."""
+        self._epoch.value = int(epoch)
+
+    @property
+    def epoch(self) -> int:
+        """The epoch whose shuffle the next iteration uses."""
+        return int(self._epoch.value)
+
+    def endpoints(self) -> list[Any]:
+        """This consumer's endpoints for the current epoch, in reading order."""
+        me, consumers = _consumer()
+        info = self.client.plan(
+            self.collection, shards=consumers * self.shards_per_consumer, **self.query
+        )
+        endpoints = list(info.endpoints)
+        order = np.arange(len(endpoints))
+        if self.shuffle:
+            np.random.default_rng([self.seed, self.epoch]).shuffle(order)
+        return [endpoints[k] for pos, k in enumerate(order) if pos % consumers == me]
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        me, _ = _consumer()
+        rng = np.random.default_rng([self.seed, self.epoch, me])
+        for endpoint in self.endpoints():
+            for record_batch in self.client.read_endpoint(endpoint):
+                batch = to_torch(record_batch, unsigned=self.unsigned)
+                if self.batches:
+                    yield batch
+                    continue
+                n = record_batch.num_rows
+                rows = rng.permutation(n) if self.shuffle else range(n)
+                for i in rows:
+                    yield {k: v[i] for k, v in batch.items()}

@@ -1,0 +1,160 @@
+"""Arrow chip batches as PyTorch tensors, without copying the pixels.
+
+The chip column (``arrow.fixed_shape_tensor``) becomes a tensor through DLPack
+(pyarrow ``Tensor.__dlpack__`` -> ``torch.from_dlpack``), sharing memory with
+the received Arrow buffer. A buffer that is not aligned to its element size is
+copied once to an aligned one (and counted in :func:`stats`). Tensors share
+memory with the batch: treat them as read-only, or clone before writing.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from ._errors import InvalidQueryError, MissingDependencyError
+
+__all__ = ["UNSIGNED_CASTS", "stats", "to_torch"]
+
+_counters = {"batches": 0, "zero_copy": 0, "realigned": 0, "cast_copies": 0}
+_lock = threading.Lock()
+
+#: ``unsigned=`` options: keep torch's uint16/32/64 (few ops support them), widen to the
+#: next signed integer (exact, one copy), or convert to float32 (one copy).
+UNSIGNED_CASTS = ("keep", "widen", "float32")
+_WIDEN = {np.dtype("uint16"): np.int32, np.dtype("uint32"): np.int64}
+
+
+def _torch() -> Any:
+    try:
+        import torch
+    except ImportError as exc:
+        raise MissingDependencyError(
+            "to_torch needs PyTorch: pip install 'cogflight[torch]'"
+        ) from exc
+    return torch
+
+
+def stats() -> dict[str, int]:
+    """Counters of this process: batches converted, zero-copy tensors, realigned, casts."""
+    with _lock:
+        return dict(_counters)
+
+
+def _count(key: str, n: int = 1) -> None:
+    with _lock:
+        _counters[key] += n
+
+
+def _single_batch(table: pa.Table) -> pa.RecordBatch:
+    """One RecordBatch for a table (a copy only when it is split in several chunks)."""
+    batches = table.to_batches()
+    if len(batches) == 1:
+        return batches[0]
+    if table.num_rows == 0:
+        return pa.RecordBatch.from_pylist([], schema=table.schema)
+    return table.combine_chunks().to_batches()[0]
+
+
+def _tensor_column(column: pa.Array | pa.ChunkedArray) -> pa.Array:
+    if isinstance(column, pa.ChunkedArray):
+        if column.num_chunks != 1:
+            _count("realigned")  # several chunks must be joined: a copy
+        column = column.combine_chunks()
+    if not isinstance(column, pa.FixedShapeTensorArray):
+        raise InvalidQueryError(f"expected an arrow.fixed_shape_tensor column, got {column.type}")
+    return column
+
+
+def _to_tensor(column: pa.FixedShapeTensorArray, torch: Any) -> Any:
+    """A tensor over the column's values (zero-copy when the buffer is aligned)."""
+    values = column.storage.values
+    item = values.type.bit_width // 8
+    buf = values.buffers()[1]
+    address = buf.address + values.offset * item if buf is not None else 0
+    if item and address % item:
+        _count("realigned")
+        arr = np.ascontiguousarray(column.to_numpy_ndarray())
+        aligned = np.empty_like(arr)
+        aligned[...] = arr
+        return torch.from_numpy(aligned)
+    _count("zero_copy")
+    return torch.from_dlpack(column.to_tensor())
+
+
+def to_torch(
+    batch: pa.RecordBatch | pa.Table,
+    *,
+    unsigned: str = "keep",
+    device: Any = None,
+    pin_memory: bool = False,
+    non_blocking: bool = True,
+) -> dict[str, Any]:
+    """A chip batch as tensors: ``chip``, ``valid`` and the metadata columns.
+
+    Args:
+        batch: a RecordBatch (or single-batch Table) from a chip stream.
+        unsigned: what to do with uint16/32/64 pixels, which torch stores but few ops
+            support: ``"keep"`` (zero-copy), ``"widen"`` (uint16 -> int32, uint32 ->
+            int64: exact, one copy) or ``"float32"`` (one copy).
+        device: move ``chip`` and ``valid`` there (e.g. ``"cuda"``).
+        pin_memory: copy into page-locked memory first, for fast asynchronous transfer.
+        non_blocking: transfer asynchronously when pinned.
+
+    Returns:
+        ``chip`` ``[N, C, H, W]`` (``[N, T, C, H, W]``) sharing memory with the batch,
+        ``valid`` (bool, same leading shape, no band axis), ``geometry_index``,
+        ``transform`` ``[N, 6]`` and ``bounds`` ``[N, 4]`` tensors, numeric pass-through
+        columns as tensors, and ``id``, ``datetime``, ``crs`` (and others) as lists.
+    """
+    torch = _torch()
+    if unsigned not in UNSIGNED_CASTS:
+        raise InvalidQueryError(f"unsigned: expected one of {', '.join(UNSIGNED_CASTS)}")
+    if isinstance(batch, pa.Table):
+        batch = _single_batch(batch)
+    out: dict[str, Any] = {}
+    chip = _to_tensor(_tensor_column(batch.column("chip")), torch)
+    np_dtype = np.dtype(str(chip.dtype).replace("torch.", ""))
+    if np_dtype.kind == "u" and np_dtype.itemsize > 1 and unsigned != "keep":
+        _count("cast_copies")
+        chip = (
+            chip.to(torch.float32)
+            if unsigned == "float32"
+            else chip.to(getattr(torch, np.dtype(_WIDEN.get(np_dtype, np.int64)).name))
+        )
+    valid = _to_tensor(_tensor_column(batch.column("valid")), torch).view(torch.bool)
+    if pin_memory or device is not None:
+        if pin_memory and torch.cuda.is_available():
+            chip, valid = chip.pin_memory(), valid.pin_memory()
+        if device is not None:
+            chip = chip.to(device, non_blocking=non_blocking and pin_memory)
+            valid = valid.to(device, non_blocking=non_blocking and pin_memory)
+    out["chip"], out["valid"] = chip, valid
+    for name in batch.schema.names:
+        if name in ("chip", "valid"):
+            continue
+        col = batch.column(name)
+        t = col.type
+        # Metadata is small: copy it into ordinary, writable tensors.
+        if pa.types.is_fixed_size_list(t) and pa.types.is_floating(t.value_type):
+            values = col.flatten().to_numpy(zero_copy_only=False).reshape(len(col), t.list_size)
+            out[name] = torch.from_numpy(np.array(values, copy=True))
+        elif (pa.types.is_integer(t) or pa.types.is_floating(t)) and col.null_count == 0:
+            out[name] = torch.from_numpy(np.array(col.to_numpy(zero_copy_only=False), copy=True))
+        else:
+            out[name] = col.to_pylist()
+    _count("batches")
+    return out
+
+
+def move(sample: Mapping[str, Any], device: Any, *, non_blocking: bool = True) -> dict[str, Any]:
+    """Move every tensor of a sample to ``device`` (lists stay as they are)."""
+    torch = _torch()
+    return {
+        k: (v.to(device, non_blocking=non_blocking) if isinstance(v, torch.Tensor) else v)
+        for k, v in sample.items()
+    }

@@ -21,7 +21,7 @@ from ._errors import (
 )
 from ._query import build_query
 from ._sampling import grid_boxes, random_points, scene_grids
-from ._torch import UNSIGNED_CASTS, stats, to_torch
+from ._torch import UNSIGNED_CASTS, collate, move, stats, to_torch
 
 __all__ = [
     "UNSIGNED_CASTS",
@@ -36,8 +36,10 @@ __all__ = [
     "ServerError",
     "ServerUnavailableError",
     "build_query",
+    "collate",
     "connect",
     "grid_boxes",
+    "move",
     "random_points",
     "scene_grids",
     "stats",

@@ -3,8 +3,10 @@
 Remote use needs only pyarrow. ``connect()`` without a location starts the
 Flight service in this process on a local (unix) socket over ``root``, so a
 training job needs no server started by hand; the server package is imported
-only then. A client is thread-safe; after ``fork`` (DataLoader workers) it
-opens a fresh connection on first use, because gRPC is not fork-safe.
+only then. A client is thread-safe. gRPC is not fork-safe: after ``fork``
+(DataLoader workers) a client opens a fresh connection on first use, and when
+the parent had already started gRPC, it makes its calls through a helper
+process (see ``_relay``).
 """
 
 from __future__ import annotations
@@ -22,8 +24,10 @@ from typing import Any
 import pyarrow as pa
 from pyarrow import flight
 
-from ._errors import ClientError, MissingDependencyError, call, translated
+from ._errors import ClientError, InvalidQueryError, MissingDependencyError, call, translated
+from ._fork import grpc_inherited, mark_grpc_started
 from ._query import build_query
+from ._relay import Relay
 
 __all__ = ["Client", "connect"]
 
@@ -58,6 +62,7 @@ class Client:
         self._pid = os.getpid()
         self._lock = threading.Lock()
         self._clients: dict[str, flight.FlightClient] = {}
+        self._relays: dict[int, Relay] = {}
         self._closed = False
 
     # -- connection management ------------------------------------------------------------
@@ -91,8 +96,21 @@ class Client:
                 self._pid = os.getpid()
             fc = self._clients.get(where)
             if fc is None:
+                mark_grpc_started()
                 fc = self._clients[where] = call(flight.connect, where, **self._tls)
             return fc
+
+    def _relay(self) -> Relay | None:
+        """The helper process that makes this process's calls, when gRPC cannot."""
+        if self._closed:
+            raise ClientError("the client is closed")
+        if not grpc_inherited():
+            return None
+        with self._lock:
+            relay = self._relays.get(os.getpid())
+            if relay is None:
+                relay = self._relays[os.getpid()] = Relay(self.location, self._token, self._tls)
+            return relay
 
     def close(self) -> None:
         """Close connections (and stop the embedded server, if this client started one)."""
@@ -101,6 +119,9 @@ class Client:
         self._closed = True
         with self._lock:
             clients, self._clients = self._clients, {}
+            relay = self._relays.pop(os.getpid(), None)
+        if relay is not None:
+            relay.close()
         if os.getpid() == self._pid:
             for fc in clients.values():
                 fc.close()
@@ -119,6 +140,10 @@ class Client:
 
     # -- metadata -----------------------------------------------------------------------------
     def _action(self, kind: str, body: bytes = b"") -> Any:
+        relay = self._relay()
+        if relay is not None:
+            bodies = relay.action(kind, body)
+            return json.loads(bodies[0]) if bodies else None
         with translated():
             results = list(
                 self.connection().do_action(flight.Action(kind, body), options=self._options())
@@ -143,6 +168,10 @@ class Client:
 
     def index(self, name: str) -> pa.Table:
         """A Collection's index as an Arrow table (GeoParquet metadata included)."""
+        relay = self._relay()
+        if relay is not None:
+            info = relay.flight_info(flight.FlightDescriptor.for_path(name))
+            return relay.read_all(info.endpoints[0].ticket.ticket, None)
         with translated():
             fc = self.connection()
             info = fc.get_flight_info(
@@ -152,8 +181,22 @@ class Client:
 
     # -- chips -----------------------------------------------------------------------------------
     def query(self, collection: str, **kwargs: Any) -> dict[str, Any]:
-        """The v1 query document for these arguments (see :meth:`chips`)."""
-        return build_query(collection, **kwargs)
+        """The v1 query document for these arguments (see :meth:`chips`).
+
+        Checked against the wire contract here, without a call, when the server
+        package is installed (it ships in the same distribution); what depends on
+        the Collection (band names, columns) is checked by the server.
+        """
+        doc = build_query(collection, **kwargs)
+        try:
+            from flight_server import ChipRequest, InvalidRequestError, parse_query
+        except ImportError:  # pragma: no cover - a client-only installation
+            return doc
+        try:
+            ChipRequest.create(**parse_query(doc).request)
+        except InvalidRequestError as exc:
+            raise InvalidQueryError(str(exc)) from exc
+        return doc
 
     def plan(
         self, collection: str, *, shards: int | None = None, **kwargs: Any
@@ -162,10 +205,12 @@ class Client:
         doc = build_query(collection, **kwargs)
         if shards is not None:
             doc["shard"] = {"count": int(shards)}
+        descriptor = flight.FlightDescriptor.for_command(json.dumps(doc))
+        relay = self._relay()
+        if relay is not None:
+            return relay.flight_info(descriptor)
         with translated():
-            return self.connection().get_flight_info(
-                flight.FlightDescriptor.for_command(json.dumps(doc)), options=self._options()
-            )
+            return self.connection().get_flight_info(descriptor, options=self._options())
 
     def read_endpoint(self, endpoint: flight.FlightEndpoint) -> Iterator[pa.RecordBatch]:
         """Stream one endpoint's batches, from its advertised location when it has one."""
@@ -175,6 +220,10 @@ class Client:
         yield from self._stream(endpoint.ticket, where)
 
     def _stream(self, ticket: flight.Ticket, where: str | None) -> Iterator[pa.RecordBatch]:
+        relay = self._relay()
+        if relay is not None:
+            yield from relay.stream(ticket.ticket, where)
+            return
         with translated():
             reader = self.connection(where).do_get(ticket, options=self._options())
         try:
@@ -280,6 +329,7 @@ def connect(
             "Collection there or pass root=..."
         )
     sock = Path(tempfile.gettempdir()) / f"cogflight-{os.getpid()}-{uuid.uuid4().hex[:8]}.sock"
+    mark_grpc_started()
     server = Server(str(root_path), unix_socket=str(sock), cache_bytes=cache_bytes).start()
     logger.info("embedded cogflight server over %s at %s", root_path, server.location)
     return Client(server.location, embedded=server)

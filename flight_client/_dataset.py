@@ -9,6 +9,7 @@ Connections are opened lazily inside each worker (gRPC is not fork-safe).
 from __future__ import annotations
 
 import multiprocessing
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,7 +17,7 @@ import numpy as np
 
 from ._client import Client, connect
 from ._errors import InvalidQueryError, MissingDependencyError
-from ._torch import to_torch
+from ._torch import UNSIGNED_CASTS, to_torch
 
 try:
     from torch.utils.data import IterableDataset, get_worker_info
@@ -27,16 +28,33 @@ except ImportError:  # pragma: no cover - the dataset needs torch; the client do
 __all__ = ["ChipDataset"]
 
 
-def _consumer() -> tuple[int, int]:
-    """(index, count) of this consumer among DDP ranks x DataLoader workers."""
-    rank, world = 0, 1
+def _ddp_rank() -> tuple[int, int] | None:
+    """(rank, world size) of this process, when torch.distributed is initialized here."""
     try:
         import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():
-            rank, world = dist.get_rank(), dist.get_world_size()
     except ImportError:  # pragma: no cover
-        pass
+        return None
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return None
+
+
+def _consumer(ddp: tuple[int, int] | None = None) -> tuple[int, int]:
+    """(index, count) of this consumer among DDP ranks x DataLoader workers.
+
+    The rank comes from ``torch.distributed`` when it is initialized in this
+    process; else from ``ddp``, what the dataset saw when it was sent to a spawned
+    worker (spawned workers do not inherit the process group); else from the
+    ``RANK``/``WORLD_SIZE`` variables torchrun sets.
+    """
+    rank, world = (
+        _ddp_rank()
+        or ddp
+        or (
+            int(os.environ.get("RANK", "0")),
+            int(os.environ.get("WORLD_SIZE", "1")),
+        )
+    )
     info = get_worker_info() if get_worker_info is not None else None
     wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
     return rank * nw + wid, world * nw
@@ -77,6 +95,8 @@ class ChipDataset(IterableDataset[dict[str, Any]]):
             )
         if shards_per_consumer < 1:
             raise InvalidQueryError("shards_per_consumer must be >= 1")
+        if unsigned not in UNSIGNED_CASTS:
+            raise InvalidQueryError(f"unsigned: expected one of {', '.join(UNSIGNED_CASTS)}")
         self.client = client if isinstance(client, Client) else connect(client)
         self.collection = collection
         self.shuffle = shuffle
@@ -88,6 +108,13 @@ class ChipDataset(IterableDataset[dict[str, Any]]):
         self.client.query(collection, **query)  # validate the arguments now
         # Shared with DataLoader workers (also persistent ones) so set_epoch reaches them.
         self._epoch = multiprocessing.get_context().RawValue("q", 0)
+        self._ddp: tuple[int, int] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Carry this process's DDP rank to spawned DataLoader workers."""
+        state = self.__dict__.copy()
+        state["_ddp"] = _ddp_rank() or self._ddp
+        return state
 
     def set_epoch(self, epoch: int) -> None:
         """Use the shuffle of ``epoch`` from the next iteration on (in every worker)."""
@@ -100,7 +127,7 @@ class ChipDataset(IterableDataset[dict[str, Any]]):
 
     def endpoints(self) -> list[Any]:
         """This consumer's endpoints for the current epoch, in reading order."""
-        me, consumers = _consumer()
+        me, consumers = _consumer(self._ddp)
         info = self.client.plan(
             self.collection, shards=consumers * self.shards_per_consumer, **self.query
         )
@@ -111,7 +138,7 @@ class ChipDataset(IterableDataset[dict[str, Any]]):
         return [endpoints[k] for pos, k in enumerate(order) if pos % consumers == me]
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        me, _ = _consumer()
+        me, _ = _consumer(self._ddp)
         rng = np.random.default_rng([self.seed, self.epoch, me])
         for endpoint in self.endpoints():
             for record_batch in self.client.read_endpoint(endpoint):

@@ -9,19 +9,16 @@ memory with the batch: treat them as read-only, or clone before writing.
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
+from ._counters import count, stats
 from ._errors import InvalidQueryError, MissingDependencyError
 
-__all__ = ["UNSIGNED_CASTS", "stats", "to_torch"]
-
-_counters = {"batches": 0, "zero_copy": 0, "realigned": 0, "cast_copies": 0}
-_lock = threading.Lock()
+__all__ = ["UNSIGNED_CASTS", "collate", "move", "stats", "to_torch"]
 
 #: ``unsigned=`` options: keep torch's uint16/32/64 (few ops support them), widen to the
 #: next signed integer (exact, one copy), or convert to float32 (one copy).
@@ -39,17 +36,6 @@ def _torch() -> Any:
     return torch
 
 
-def stats() -> dict[str, int]:
-    """Counters of this process: batches converted, zero-copy tensors, realigned, casts."""
-    with _lock:
-        return dict(_counters)
-
-
-def _count(key: str, n: int = 1) -> None:
-    with _lock:
-        _counters[key] += n
-
-
 def _single_batch(table: pa.Table) -> pa.RecordBatch:
     """One RecordBatch for a table (a copy only when it is split in several chunks)."""
     batches = table.to_batches()
@@ -63,7 +49,7 @@ def _single_batch(table: pa.Table) -> pa.RecordBatch:
 def _tensor_column(column: pa.Array | pa.ChunkedArray) -> pa.Array:
     if isinstance(column, pa.ChunkedArray):
         if column.num_chunks != 1:
-            _count("realigned")  # several chunks must be joined: a copy
+            count("realigned")  # several chunks must be joined: a copy
         column = column.combine_chunks()
     if not isinstance(column, pa.FixedShapeTensorArray):
         raise InvalidQueryError(f"expected an arrow.fixed_shape_tensor column, got {column.type}")
@@ -77,12 +63,12 @@ def _to_tensor(column: pa.FixedShapeTensorArray, torch: Any) -> Any:
     buf = values.buffers()[1]
     address = buf.address + values.offset * item if buf is not None else 0
     if item and address % item:
-        _count("realigned")
+        count("realigned")
         arr = np.ascontiguousarray(column.to_numpy_ndarray())
         aligned = np.empty_like(arr)
         aligned[...] = arr
         return torch.from_numpy(aligned)
-    _count("zero_copy")
+    count("zero_copy")
     return torch.from_dlpack(column.to_tensor())
 
 
@@ -109,7 +95,8 @@ def to_torch(
         ``chip`` ``[N, C, H, W]`` (``[N, T, C, H, W]``) sharing memory with the batch,
         ``valid`` (bool, same leading shape, no band axis), ``geometry_index``,
         ``transform`` ``[N, 6]`` and ``bounds`` ``[N, 4]`` tensors, numeric pass-through
-        columns as tensors, and ``id``, ``datetime``, ``crs`` (and others) as lists.
+        columns as tensors, and ``id``, ``crs`` (and others) as lists; timestamps
+        become ISO 8601 strings so that samples collate without custom code.
     """
     torch = _torch()
     if unsigned not in UNSIGNED_CASTS:
@@ -120,7 +107,7 @@ def to_torch(
     chip = _to_tensor(_tensor_column(batch.column("chip")), torch)
     np_dtype = np.dtype(str(chip.dtype).replace("torch.", ""))
     if np_dtype.kind == "u" and np_dtype.itemsize > 1 and unsigned != "keep":
-        _count("cast_copies")
+        count("cast_copies")
         chip = (
             chip.to(torch.float32)
             if unsigned == "float32"
@@ -145,9 +132,35 @@ def to_torch(
             out[name] = torch.from_numpy(np.array(values, copy=True))
         elif (pa.types.is_integer(t) or pa.types.is_floating(t)) and col.null_count == 0:
             out[name] = torch.from_numpy(np.array(col.to_numpy(zero_copy_only=False), copy=True))
+        elif pa.types.is_timestamp(t) or (
+            pa.types.is_list(t) and pa.types.is_timestamp(t.value_type)
+        ):
+            out[name] = [_iso(v) for v in col.to_pylist()]
         else:
             out[name] = col.to_pylist()
-    _count("batches")
+    count("batches")
+    return out
+
+
+def _iso(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_iso(v) for v in value]
+    return value.isoformat() if value is not None else None
+
+
+def collate(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Stack the tensors of samples; keep every other value as a list.
+
+    Use as ``DataLoader(..., collate_fn=collate)`` when samples hold values
+    ``default_collate`` refuses (``None`` in padded time series, nested lists).
+    """
+    torch = _torch()
+    if not samples:
+        return {}
+    out: dict[str, Any] = {}
+    for key in samples[0]:
+        values = [s[key] for s in samples]
+        out[key] = torch.stack(values) if isinstance(values[0], torch.Tensor) else values
     return out
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 from pathlib import Path
 
@@ -223,7 +222,7 @@ def test_metadata_columns(remote) -> None:
                               filter={"ids": ["s0", "s2"]}))
     t = fc.to_torch(rb)
     assert t["id"] == ["s0", "s2"]
-    assert t["datetime"][1] == dt.datetime(2024, 3, 1, tzinfo=dt.UTC)
+    assert t["datetime"][1] == "2024-03-01T00:00:00+00:00"
     assert t["geometry_index"].tolist() == [0, 0]
     assert t["transform"].shape == (2, 6) and t["bounds"].shape == (2, 4)
     assert t["crs"] == ["EPSG:32633"] * 2

@@ -1,0 +1,33 @@
+"""Per-process counters of the client: what was copied, realigned or relayed."""
+
+from __future__ import annotations
+
+import threading
+
+__all__ = ["count", "stats"]
+
+_counters = {
+    "batches": 0,
+    "zero_copy": 0,
+    "realigned": 0,
+    "cast_copies": 0,
+    "relayed_requests": 0,
+}
+_lock = threading.Lock()
+
+
+def stats() -> dict[str, int]:
+    """Counters of this process.
+
+    ``batches`` converted by :func:`to_torch`, ``zero_copy`` tensors that share the
+    received buffer, ``realigned`` and ``cast_copies`` (copies made, and why), and
+    ``relayed_requests``: calls served through a helper process because this process
+    was forked from one that had already started gRPC.
+    """
+    with _lock:
+        return dict(_counters)
+
+
+def count(key: str, n: int = 1) -> None:
+    with _lock:
+        _counters[key] += n

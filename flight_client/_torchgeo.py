@@ -44,6 +44,20 @@ def _naive(value: Any) -> pd.Timestamp:
     return ts.tz_convert("UTC").tz_localize(None) if ts.tzinfo is not None else ts
 
 
+def _interval(value: Any) -> tuple[pd.Timestamp, pd.Timestamp]:
+    """The time span of a scene date, as TorchGeo's ``disambiguate_timestamp`` gives it.
+
+    A date (midnight) covers its whole day, an instant its second; zero-width
+    intervals would never overlap the half-open queries of TorchGeo's samplers.
+    """
+    if value is None:
+        return _MIN, _MAX
+    start = _naive(value)
+    span = pd.Timedelta(days=1) if start == start.normalize() else pd.Timedelta(seconds=1)
+    start = start.floor("s")
+    return start, start + span - pd.Timedelta(microseconds=1)
+
+
 class FlightGeoDataset(GeoDataset):
     """A Collection served over Flight (remote, or embedded with ``client=None``).
 
@@ -52,13 +66,15 @@ class FlightGeoDataset(GeoDataset):
             over ``root``.
         collection: the Collection name.
         bands: band names (default: all).
-        crs: dataset CRS (default: the CRS most scenes use).
+        crs: dataset CRS (default: the CRS most scenes use; on a tie the first scene's,
+            as RasterDataset).
         res: pixel size in ``crs`` units (default: the native size of a scene in ``crs``).
         is_image: ``image`` float32 ``[C, H, W]``; False for label rasters: ``mask``
             int64 ``[H, W]`` from the first band.
         label_field: a Collection column returned as ``label`` (from the first scene hit).
         time_series: ``image`` ``[T, C, H, W]``, one step per scene by date, instead of
-            a mosaic.
+            a mosaic; the index then has one row per stack of scenes sharing an extent,
+            spanning their dates, so that samplers query whole stacks.
         resampling: ``nearest`` (default) or ``bilinear``, when the grid is not native.
         filter: wire-contract filter (date range, cloud cover, ids, where) on scenes.
         transforms: applied to each sample, as in TorchGeo.
@@ -111,22 +127,77 @@ class FlightGeoDataset(GeoDataset):
         grids = {g["id"]: g for g in scene_grids(table)}
         crss = table.column("crs").to_pylist()
         target = pyproj.CRS.from_user_input(
-            crs if crs is not None else max(set(crss), key=crss.count)
+            crs if crs is not None else max(crss, key=crss.count)  # ties: the first scene
         )
-        footprints = gpd.GeoSeries(
-            shapely.from_wkb(table.column("geometry").to_pylist()), crs="OGC:CRS84"
-        ).to_crs(target)
         ids = table.column("id").to_pylist()
+        footprints = self._footprints(table, grids, ids, crss, target)
         times = table.column("datetime").to_pylist()
-        intervals = [(_naive(t), _naive(t)) if t is not None else (_MIN, _MAX) for t in times]
+        intervals = [_interval(t) for t in times]
         columns: dict[str, Any] = {"id": ids}
         if label_field is not None:
             columns[label_field] = table.column(label_field).to_pylist()
         index = pd.IntervalIndex.from_tuples(intervals, closed="both", name="datetime")
-        self.index = gpd.GeoDataFrame(columns, index=index, geometry=list(footprints), crs=target)
+        scenes = gpd.GeoDataFrame(columns, index=index, geometry=list(footprints), crs=target)
+        self._scenes = scenes
+        self.index = self._stacks(scenes) if time_series else scenes
         if res is None:
             res = self._native_res(grids, ids, crss, target)
-        self.res = res  # the base class setter stores a (x, y) tuple
+        self._res = (float(res), float(res)) if isinstance(res, int | float) else tuple(res)
+
+    @staticmethod
+    def _stacks(scenes: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
+        """One index row per stack of scenes on the same extent, spanning their dates.
+
+        TorchGeo's samplers query one index row's time span; with a row per stack
+        a sample holds every date of its place.
+        """
+        keys = [g.wkb for g in scenes.geometry]
+        groups: dict[bytes, list[int]] = {}
+        for k, key in enumerate(keys):
+            groups.setdefault(key, []).append(k)
+        rows = list(groups.values())
+        left, right = scenes.index.left, scenes.index.right
+        spans = [(min(left[m] for m in g), max(right[m] for m in g)) for g in rows]
+        data: dict[str, Any] = {"ids": [[scenes["id"].iloc[m] for m in g] for g in rows]}
+        for column in scenes.columns:
+            if column not in ("id", "geometry"):
+                data[column] = [scenes[column].iloc[g[0]] for g in rows]
+        return gpd.GeoDataFrame(
+            data,
+            index=pd.IntervalIndex.from_tuples(spans, closed="both", name="datetime"),
+            geometry=[scenes.geometry.iloc[g[0]] for g in rows],
+            crs=scenes.crs,
+        )
+
+    @staticmethod
+    def _footprints(
+        table: Any,
+        grids: Mapping[str, Any],
+        ids: Sequence[str],
+        crss: Sequence[str],
+        target: pyproj.CRS,
+    ) -> list[Any]:
+        """Scene extents in ``target``: the raster's own box, as RasterDataset indexes it."""
+        lonlat = gpd.GeoSeries(
+            shapely.from_wkb(table.column("geometry").to_pylist()), crs="OGC:CRS84"
+        ).to_crs(target)
+        out = []
+        for k, (sid, scene_crs) in enumerate(zip(ids, crss, strict=True)):
+            grid = grids.get(sid)
+            if grid is None:  # no georeferenced header: the footprint polygon
+                out.append(lonlat.iloc[k])
+                continue
+            gt = grid["transform"]
+            xs = (gt[0], gt[0] + gt[1] * grid["width"])
+            ys = (gt[3], gt[3] + gt[5] * grid["height"])
+            bounds = (min(xs), min(ys), max(xs), max(ys))
+            source = pyproj.CRS.from_user_input(scene_crs)
+            if not source.equals(target):
+                bounds = pyproj.Transformer.from_crs(
+                    source, target, always_xy=True
+                ).transform_bounds(*bounds, densify_pts=21)
+            out.append(shapely.box(*bounds))
+        return out
 
     @staticmethod
     def _native_res(
@@ -151,7 +222,10 @@ class FlightGeoDataset(GeoDataset):
         """Pixels of the scenes intersecting ``query`` on its grid (see the class docs)."""
         x, y, t = self._disambiguate_slice(query)
         interval = pd.Interval(t.start, t.stop)
-        hits = self.index.iloc[self.index.index.overlaps(interval)]
+        if self._scenes is not self.index and self._scenes.crs != self.index.crs:
+            self._scenes = self._scenes.to_crs(self.index.crs)  # the crs setter moved the index
+        scenes = self._scenes
+        hits = scenes.iloc[scenes.index.overlaps(interval)]
         hits = hits.iloc[:: t.step or 1]
         hits = hits.cx[x.start : x.stop, y.start : y.stop]
         if hits.empty:
@@ -176,7 +250,8 @@ class FlightGeoDataset(GeoDataset):
         if not batches or sum(b.num_rows for b in batches) == 0:
             raise IndexError(f"query: {query} returned no chips")
         parts = [to_torch(b) for b in batches]
-        chips = torch.cat([p["chip"] for p in parts])
+        out_dtype = torch.float32 if self.is_image else torch.long
+        chips = torch.cat([p["chip"].to(out_dtype) for p in parts])
         valid = torch.cat([p["valid"] for p in parts])
         scene_ids: list[Any] = [i for p in parts for i in p["id"]]
         if self.time_series:
@@ -200,10 +275,9 @@ class FlightGeoDataset(GeoDataset):
             "valid": mask,
         }
         if self.is_image:
-            sample["image"] = data.to(torch.float32)
+            sample["image"] = data
         else:
-            first = data[..., 0, :, :] if self.time_series else data[0]
-            sample["mask"] = first.to(torch.long)
+            sample["mask"] = data[..., 0, :, :] if self.time_series else data[0]
         if self.label_field is not None:
             label = hits[self.label_field].iloc[0]
             sample["label"] = (

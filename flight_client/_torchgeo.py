@@ -142,7 +142,8 @@ class FlightGeoDataset(GeoDataset):
         self.index = self._stacks(scenes) if time_series else scenes
         if res is None:
             res = self._native_res(grids, ids, crss, target)
-        self._res = (float(res), float(res)) if isinstance(res, int | float) else tuple(res)
+        xres, yres = (res, res) if isinstance(res, int | float) else res
+        self._res = (float(xres), float(yres))
 
     @staticmethod
     def _stacks(scenes: gpd.GeoDataFrame) -> gpd.GeoDataFrame:

@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from ._build import build_from_files
-from ._collection import Collection, load
+from ._collection import load
 from ._samples import write_sample_scenes
 
 __all__ = ["run_demo"]
@@ -60,39 +60,55 @@ def run_demo(*, workdir: Path, collections: Path) -> int:
     print("   id                          datetime             crs")
     for row in reloaded.table.select(["id", "datetime", "crs"]).to_pylist():
         print(f"   {row['id']:27s} {row['datetime']:%Y-%m-%d %H:%M}     {row['crs']}")
-    _cut_chips(reloaded)
+    _stream(collections, reloaded.name)
     print(f"done in {time.perf_counter() - t0:.2f} s. Next: `cogflight info {target}`")
     return 0
 
 
-def _cut_chips(collection: Collection) -> None:
-    """Cut chips in-process with the engine, when the server package is installed."""
+def _stream(collections: Path, name: str) -> None:
+    """Serve the Collection in-process and stream chips into torch, when installed."""
     try:
-        from flight_server import ChipEngine, ChipRequest
-    except ImportError:  # the catalog works alone; the engine ships with flight_server
+        from flight_client._demo import stream_demo
+    except ImportError:  # the catalog works alone; the client ships with torch as an extra
+        print("5. (install cogflight[torch] to stream chips into PyTorch tensors)")
         return
-    import numpy as np
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        print("5. (install cogflight[torch] to stream chips into PyTorch tensors)")
+        return
+    import logging
 
-    rng = np.random.default_rng(0)
-    boxes = collection.table.column("bbox").to_pylist()
-    geoms = []
-    for _ in range(64):  # small boxes at random places inside random scenes
-        b = boxes[int(rng.integers(len(boxes)))]
-        dx, dy = (b["xmax"] - b["xmin"]) * 0.2, (b["ymax"] - b["ymin"]) * 0.2
-        x = float(rng.uniform(b["xmin"] + dx, b["xmax"] - dx))
-        y = float(rng.uniform(b["ymin"] + dy, b["ymax"] - dy))
-        geoms.append((x - 1e-4, y - 1e-4, x + 1e-4, y + 1e-4))
-    request = ChipRequest.create(geometries=geoms, chip_size=128, batch_rows=16)
-    with ChipEngine() as engine:
-        t = time.perf_counter()
-        result = engine.read(collection, request)
-        cold = time.perf_counter() - t
-        t = time.perf_counter()
-        engine.read(collection, request)
-        warm = time.perf_counter() - t
-    n = len(result)
+    server_log = logging.getLogger("cogflight.server")
+    level = server_log.level
+    server_log.setLevel(logging.WARNING)  # the demo prints its own summary
+    try:
+        got = stream_demo(collections, name)
+    finally:
+        server_log.setLevel(level)
     print(
-        f"5. engine: {n} chips {list(result.chips.shape[1:])} {result.chips.dtype} cut from "
-        f"the index in {cold:.2f} s cold ({n / cold:.0f} chips/s), {warm:.2f} s warm; "
-        f"{result.valid.mean():.0%} of pixels valid"
+        f"5. embedded Flight server over {collections}/ at {got['location']} "
+        f"(started in {got['start_s'] * 1000:.0f} ms)"
+    )
+    for label, what in (("cold", "tiles fetched and decoded"), ("warm", "tile cache")):
+        r = got[label]
+        print(
+            f"   {label} ({what}): {r['chips']} chips in {r['batches']} batches of "
+            f"{r['batch_shape']} "
+            f"{r['dtype']}, {r['mb']:.0f} MB; first batch after {r['first_batch_s']:.3f} s, "
+            f"all in {r['total_s']:.2f} s = {r['chips_per_s']:.0f} chips/s "
+            f"({r['mb'] / r['total_s']:.0f} MB/s); tensors sharing the received buffers "
+            f"{r['zero_copy']}, copied {r['copied']}"
+        )
+    e = got["epoch"]
+    print(
+        f"6. one shuffled epoch of a ChipDataset through DataLoader(num_workers="
+        f"{e['workers']}): {e['chips']} chips ({e['unique']} distinct) in "
+        f"{e['total_s']:.2f} s = {e['chips_per_s']:.0f} chips/s"
+    )
+    s = got["server"]
+    print(
+        f"   server: {s['streams']} streams, {s['chips_sent']} chips sent, "
+        f"{s['requests']} range requests ({s['bytes_fetched'] / 1e6:.0f} MB), "
+        f"{s['tiles_decoded']} tiles decoded, cache hit rate {s['cache_hit_rate']:.0%}"
     )

@@ -262,7 +262,8 @@ class Client:
         """Chips as RecordBatches, streamed as the server produces them.
 
         Arguments are the wire contract's fields (docs/wire-contract.md);
-        ``geometries`` may be bbox tuples, shapely geometries, WKB or GeoJSON.
+        ``geometries`` may be bbox tuples, (x, y) points (with ``chip_size``), shapely
+        geometries, WKB or GeoJSON.
         """
         doc = build_query(
             collection,

@@ -12,13 +12,21 @@ from ._errors import InvalidQueryError
 __all__ = ["build_query"]
 
 
-def _is_bbox(value: Any) -> bool:
+def _numbers(value: Any, n: int) -> bool:
     return (
         isinstance(value, Sequence)
         and not isinstance(value, str | bytes)
-        and len(value) == 4
+        and len(value) == n
         and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)
     )
+
+
+def _is_bbox(value: Any) -> bool:
+    return _numbers(value, 4)
+
+
+def _point(value: Sequence[float]) -> dict[str, Any]:
+    return {"type": "Point", "coordinates": [float(v) for v in value]}
 
 
 def _wkb(value: Any) -> bytes:
@@ -50,6 +58,8 @@ def geometries_field(geometries: Any, crs: str) -> dict[str, Any]:
             return {"crs": crs, **geometries}
     if _is_bbox(geometries):
         return {"bbox": [float(v) for v in geometries], "crs": crs}
+    if _numbers(geometries, 2):
+        return {"geojson": [_point(geometries)], "crs": crs}
     if hasattr(geometries, "to_pylist") and not isinstance(geometries, Sequence):
         geometries = geometries.to_pylist()  # a pyarrow WKB array
     if isinstance(geometries, Sequence) and not isinstance(geometries, str | bytes):
@@ -58,6 +68,8 @@ def geometries_field(geometries: Any, crs: str) -> dict[str, Any]:
             raise InvalidQueryError("geometries: no geometries given")
         if all(_is_bbox(g) for g in items):
             return {"bbox": [[float(v) for v in g] for g in items], "crs": crs}
+        if all(_numbers(g, 2) for g in items):  # (x, y) pairs: points, for chip_size chips
+            return {"geojson": [_point(g) for g in items], "crs": crs}
         if all(isinstance(g, Mapping) for g in items):
             return {"geojson": list(items), "crs": crs}
         return {"wkb_base64": [base64.b64encode(_wkb(g)).decode() for g in items], "crs": crs}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -85,6 +86,17 @@ def test_demo_console_script(tmp_path: Path) -> None:
     assert "indexed headers of 24 files" in proc.stdout
     assert "requests per header: median 1, max 1" in proc.stdout
     assert (tmp_path / "collections" / "demo.parquet").is_file()
+    # The main job end to end: an embedded server streams chips into torch tensors.
+    assert "5. embedded Flight server over collections/ at grpc+unix://" in proc.stdout
+    cold = re.search(r"cold .*: (\d+) chips in (\d+) batches of \[16, 4, 256, 256\] "
+                     r"torch.uint16, (\d+) MB; first batch after [\d.]+ s, .* chips/s .*"
+                     r"sharing the received buffers (\d+), copied 0", proc.stdout)
+    assert cold, proc.stdout
+    chips, batches, mb, zero_copy = (int(g) for g in cold.groups())
+    assert chips >= 192 and abs(mb - chips * 4 * 256 * 256 * 2 / 1e6) <= 1
+    assert zero_copy == 2 * batches, "chip and valid of every batch share memory"
+    epoch = re.search(r"num_workers=2\): (\d+) chips \((\d+) distinct\)", proc.stdout)
+    assert epoch and int(epoch.group(1)) == int(epoch.group(2)) == chips
     again = subprocess.run([str(exe), "info", "collections/demo.parquet"], cwd=tmp_path,
                            capture_output=True, text=True, timeout=120, env=env, check=False)
     assert again.returncode == 0 and "scenes:   6" in again.stdout

@@ -245,6 +245,33 @@ def test_device_cpu_and_unpinned(remote) -> None:
     assert t["chip"].device.type == "cpu" and t["chip"].shape == (4, 2, 16, 16)
 
 
+def test_query_geometry_forms() -> None:
+    import shapely
+
+    q = fc.build_query("c", geometries=[(1.0, 2.0), (3, 4)], chip_size=8)
+    assert q["geometries"] == {"geojson": [{"type": "Point", "coordinates": [1.0, 2.0]},
+                                           {"type": "Point", "coordinates": [3.0, 4.0]}],
+                               "crs": "EPSG:4326"}
+    assert fc.build_query("c", geometries=(1, 2))["geometries"]["geojson"][0]["type"] == "Point"
+    assert fc.build_query("c", geometries=(0, 0, 1, 1))["geometries"]["bbox"] == [0, 0, 1, 1]
+    wkb = fc.build_query("c", geometries=[shapely.box(0, 0, 1, 1)], geometry_crs="EPSG:32633")
+    assert list(wkb["geometries"]) == ["wkb_base64", "crs"]
+    with pytest.raises(fc.InvalidQueryError, match="geometries: expected"):
+        fc.build_query("c", geometries=[object()])
+    with pytest.raises(fc.InvalidQueryError, match="no geometries"):
+        fc.build_query("c", geometries=[])
+
+
+def test_random_points_are_chip_centres(remote, root: Path) -> None:
+    client = fc.connect(remote.location)
+    points = fc.random_points(client.index("alpha"), size=64, count=12, seed=1)
+    (batch,) = list(client.chips("alpha", geometries=points, chip_size=64, batch_rows=100))
+    t = fc.to_torch(batch)
+    assert t["chip"].shape[1:] == (2, 64, 64)
+    whole = {int(g) for g, v in zip(t["geometry_index"], t["valid"], strict=True) if v.all()}
+    assert whole == set(range(12)), "each chip lies wholly inside the scene it was drawn in"
+
+
 def test_random_points_and_grid(root: Path) -> None:
     index = catalog.load(root / "alpha.parquet").table
     pts = fc.random_points(index, size=64, count=50, seed=3)

@@ -101,6 +101,28 @@ def test_inflight_deduplication_and_cache(tmp_path: Path) -> None:
             assert e.stats().cache.hit_rate > 0
 
 
+def test_files_of_one_chip_are_fetched_together(tmp_path: Path) -> None:
+    """A time-series chip over 6 dates x 2 band files asks for all 12 files at once."""
+    files = {}
+    for d in range(6):
+        files[f"d{d}"] = {b: str(_cog(tmp_path / f"d{d}_{b}.tif", seed=d, bands=1))
+                          for b in ("red", "nir")}
+    with RangeServer(tmp_path, latency=0.2) as server:
+        hrefs = {s: {b: server.url_for(p) for b, p in bands.items()}
+                 for s, bands in files.items()}
+        dates = {f"d{d}": f"2024-0{d + 1}-01" for d in range(6)}
+        col = catalog.build_from_files(hrefs, datetime=dates, store_options={"allow_http": True},
+                                       progress=False)
+        req = ChipRequest.create(geometries=[_box(10, 10, 20, 20)], geometry_crs="EPSG:32633",
+                                 time_series=True, batch_rows=1)
+        with ChipEngine() as e:
+            server.reset()
+            result = e.read(col, req)
+        assert result.chips.shape == (1, 6, 2, 20, 20)
+        assert server.requests == 12
+        assert server.max_inflight == 12, "one round trip for the chip, not one per file"
+
+
 def test_cache_stays_within_budget(tmp_path: Path) -> None:
     p = _cog(tmp_path / "a.tif")
     col = catalog.build_from_files([p], progress=False)

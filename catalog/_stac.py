@@ -9,8 +9,6 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import pyarrow as pa
-import pystac_client
-import pystac_client.exceptions
 import shapely
 from shapely.geometry import shape
 
@@ -150,6 +148,9 @@ def build_from_stac(
             f"{end.isoformat().replace('+00:00', 'Z') if end else '..'}"
         )
     api_url = stac_api if isinstance(stac_api, str) else getattr(stac_api, "self_href", None)
+    import pystac_client  # only here: it weighs 0.1 s of every import of catalog
+    import pystac_client.exceptions
+
     try:
         client = pystac_client.Client.open(stac_api) if isinstance(stac_api, str) else stac_api
         search = client.search(

@@ -16,6 +16,7 @@ import collections
 import concurrent.futures
 import contextlib
 import datetime as dt
+import itertools
 import logging
 import math
 import os
@@ -55,6 +56,7 @@ from ._plan import (
     tiles_in_window,
     window_transform,
 )
+from ._pool import PRIORITY, PriorityExecutor
 from ._rasterize import rasterize_polygon
 from ._request import ChipRequest
 from ._settings import engine_settings
@@ -279,12 +281,13 @@ class ChipEngine:
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
-        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._executor: PriorityExecutor | None = None
         self._loader: TileLoader | None = None
         self._pid = os.getpid()
         self._registries: dict[tuple[Any, ...], StoreRegistry] = {}
         self._headers: OrderedDict[tuple[str, int, int], HeaderRecord] = OrderedDict()
         self._chips = 0
+        self._batch_seq = itertools.count(1)  # 0: work outside any batch, first
 
     # -- lifecycle ---------------------------------------------------------------------------
     def _ensure_loop(self) -> asyncio.AbstractEventLoop:
@@ -295,10 +298,9 @@ class ChipEngine:
                 self._pid = os.getpid()
             if self._loop is None:
                 loop = asyncio.new_event_loop()
-                self._executor = concurrent.futures.ThreadPoolExecutor(
-                    max_workers=self.decode_threads, thread_name_prefix="cogflight-decode"
+                self._executor = PriorityExecutor(
+                    self.decode_threads, thread_name_prefix="cogflight-decode"
                 )
-                loop.set_default_executor(self._executor)
                 started = threading.Event()
 
                 def run() -> None:
@@ -609,6 +611,9 @@ class ChipEngine:
                     if f != 0:  # the buffer starts zeroed; NaN != 0 holds, as it should
                         buf[..., ci, :, :] = f
                 vbuf = _empty((*lead, *shape), np.dtype(bool))
+                # The batch's tasks carry its sequence number: the pool decodes for the
+                # oldest batch first, so batch 1 never waits for batch 2's tiles.
+                token = PRIORITY.set(next(self._batch_seq))
                 tasks = [
                     loop.create_task(
                         self._render(
@@ -626,6 +631,7 @@ class ChipEngine:
                     )
                     for k, c in enumerate(part)
                 ]
+                PRIORITY.reset(token)
                 batches.append(_PendingBatch(part, buf, vbuf, tasks))
                 if len(batches) >= 2:
                     await self._emit(
@@ -678,7 +684,7 @@ class ChipEngine:
         valid = pb.valid if keep.all() else pb.valid[keep]
         loop = asyncio.get_running_loop()
         meta = await loop.run_in_executor(
-            None, _batch_meta, columns, request, kept, shape, steps, columns.schema
+            self._executor, _batch_meta, columns, request, kept, shape, steps, columns.schema
         )
         self._chips += len(kept)
         await queue.put(ChipBatch(data, valid, meta, bands, time_series=steps is not None))
@@ -703,7 +709,7 @@ class ChipEngine:
         poly_mask = None
         if chip.polygon is not None:
             poly_mask = await loop.run_in_executor(
-                None,
+                self._executor,
                 lambda: rasterize_polygon(
                     chip.polygon, grid.transform, gh, gw, all_touched=request.all_touched
                 ),
@@ -777,7 +783,7 @@ class ChipEngine:
                     )
         loop = asyncio.get_running_loop()
         sx0, sy0 = await loop.run_in_executor(
-            None,
+            self._executor,
             lambda: source_coordinates(
                 grid.transform, grid.height, grid.width, grid.crs, header.geotransform, header.crs
             ),
@@ -798,7 +804,7 @@ class ChipEngine:
         )
         sampler = sample_bilinear if request.resampling == "bilinear" else sample_nearest
         out, valid = await loop.run_in_executor(
-            None, sampler, src, src_valid, sx0, sy0, c0, r0, _native_fill(header)
+            self._executor, sampler, src, src_valid, sx0, sy0, c0, r0, _native_fill(header)
         )
         for k, target in enumerate(targets):
             target[valid] = out[k][valid]

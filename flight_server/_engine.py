@@ -61,7 +61,13 @@ from ._rasterize import rasterize_polygon
 from ._request import ChipRequest
 from ._settings import engine_settings
 from ._tiles import TileLoader
-from ._warp import needed_window, sample_bilinear, sample_nearest, source_coordinates
+from ._warp import (
+    nearest_index,
+    needed_window,
+    sample_bilinear,
+    source_coordinates,
+    take_nearest,
+)
 
 __all__ = [
     "ChipBatch",
@@ -718,6 +724,8 @@ class ChipEngine:
         for bi, b in enumerate(bands):
             by_asset.setdefault(b.asset, []).append(bi)
 
+        warps: dict[Any, asyncio.Future[Any]] = {}
+
         async def one_file(si: int, row: int, asset_bands: list[int]) -> np.ndarray:
             region = (dest[si] if steps else dest)[:, :gh, :gw]
             header = headers.get((row, bands[asset_bands[0]].asset))
@@ -726,7 +734,7 @@ class ChipEngine:
                 headers[(row, bands[asset_bands[0]].asset)] = header
             samples = [bands[bi].sample for bi in asset_bands]
             targets = [region[bi] for bi in asset_bands]
-            valid = await self._on_grid(registry, header, samples, grid, request, targets)
+            valid = await self._on_grid(registry, header, samples, grid, request, targets, warps)
             if request.scale_offset:
                 for bi in asset_bands:
                     _apply_scale_offset(region[bi], bands[bi], header)
@@ -768,6 +776,7 @@ class ChipEngine:
         grid: Grid,
         request: ChipRequest,
         targets: list[np.ndarray],
+        warps: dict[Any, asyncio.Future[Any]],
     ) -> np.ndarray:
         """Write one file's samples on the grid into ``targets``; return validity.
 
@@ -782,19 +791,19 @@ class ChipEngine:
                         registry, header, level, window, samples, targets
                     )
         loop = asyncio.get_running_loop()
-        sx0, sy0 = await loop.run_in_executor(
-            self._executor,
-            lambda: source_coordinates(
-                grid.transform, grid.height, grid.width, grid.crs, header.geotransform, header.crs
-            ),
+        # Files of one scene usually share a grid (one file per band): where their
+        # pixels come from is worked out once per chip and grid, not once per file.
+        key = (
+            header.crs,
+            tuple(header.geotransform),
+            tuple((lv.width, lv.height) for lv in header.levels),
         )
-        level = choose_level(header, *_source_pixel_size(sx0, sy0, header))
-        img = header.levels[level]
-        if level:
-            fx, fy = img.width / header.width, img.height / header.height
-            sx0, sy0 = sx0 * fx, sy0 * fy
-        margin = 1 if request.resampling == "bilinear" else 0
-        need = needed_window(sx0, sy0, img.width, img.height, margin)
+        plan = warps.get(key)
+        if plan is None:
+            plan = warps[key] = asyncio.ensure_future(
+                loop.run_in_executor(self._executor, _warp_plan, grid, header, request)
+            )
+        sx0, sy0, level, need, index = await asyncio.shield(plan)
         if need is None:
             return np.zeros((grid.height, grid.width), dtype=bool)
         c0, r0, c1, r1 = need
@@ -802,10 +811,22 @@ class ChipEngine:
         src_valid = await self._read_window(
             registry, header, level, Window(c0, r0, c1 - c0, r1 - r0), samples, list(src)
         )
-        sampler = sample_bilinear if request.resampling == "bilinear" else sample_nearest
-        out, valid = await loop.run_in_executor(
-            self._executor, sampler, src, src_valid, sx0, sy0, c0, r0, _native_fill(header)
-        )
+        if index is not None:
+            out, valid = await loop.run_in_executor(
+                self._executor, take_nearest, src, src_valid, index, _native_fill(header)
+            )
+        else:
+            out, valid = await loop.run_in_executor(
+                self._executor,
+                sample_bilinear,
+                src,
+                src_valid,
+                sx0,
+                sy0,
+                c0,
+                r0,
+                _native_fill(header),
+            )
         for k, target in enumerate(targets):
             target[valid] = out[k][valid]
         return valid
@@ -874,6 +895,30 @@ def _aligned_window(gt: GeoTransform, grid: Grid) -> Window | None:
     if abs(col - round(col)) > 1e-6 or abs(row - round(row)) > 1e-6:
         return None
     return Window(round(col), round(row), grid.width, grid.height)
+
+
+def _warp_plan(
+    grid: Grid, header: HeaderRecord, request: ChipRequest
+) -> tuple[np.ndarray, np.ndarray, int, tuple[int, int, int, int] | None, Any]:
+    """Where a grid's pixels come from in a file: coordinates, level, window, index.
+
+    The index (nearest only) says which pixel of the window each target pixel takes.
+    """
+    sx0, sy0 = source_coordinates(
+        grid.transform, grid.height, grid.width, grid.crs, header.geotransform, header.crs
+    )
+    level = choose_level(header, *_source_pixel_size(sx0, sy0, header))
+    img = header.levels[level]
+    if level:
+        fx, fy = img.width / header.width, img.height / header.height
+        sx0, sy0 = sx0 * fx, sy0 * fy
+    margin = 1 if request.resampling == "bilinear" else 0
+    need = needed_window(sx0, sy0, img.width, img.height, margin)
+    index = None
+    if need is not None and request.resampling != "bilinear":
+        c0, r0, c1, r1 = need
+        index = nearest_index(sx0, sy0, c0, r0, r1 - r0, c1 - c0)
+    return sx0, sy0, level, need, index
 
 
 def _source_pixel_size(sx: np.ndarray, sy: np.ndarray, header: HeaderRecord) -> tuple[float, float]:

@@ -22,7 +22,13 @@ from catalog import same_crs
 from ._geometry import transform_points
 from ._plan import GeoTransform
 
-__all__ = ["sample_bilinear", "sample_nearest", "source_coordinates"]
+__all__ = [
+    "nearest_index",
+    "sample_bilinear",
+    "sample_nearest",
+    "source_coordinates",
+    "take_nearest",
+]
 
 
 def _gdal_inverse(gt: GeoTransform) -> GeoTransform:
@@ -80,11 +86,36 @@ def source_coordinates(
     if width <= 5:
         px, py = np.meshgrid(cols, np.arange(height, dtype=np.float64) + 0.5)
         return _chain(px, py, dst_gt, dst_crs, src_inv, src_crs)
-    # Exact transforms only at the points the approximation needs, batched over rows.
-    for row in range(height):
-        y = row + 0.5
+    # Exact transforms only at the points the approximation needs. The first step of
+    # every row (its ends and middle) goes to PROJ in one call; only rows where the
+    # line is not close enough recurse, row by row, exactly as GDAL does.
+    ends = np.array([cols[0], cols[width // 2], cols[width - 1]])
+    ys = np.arange(height, dtype=np.float64) + 0.5
+    px, py = _chain(np.tile(ends, height), np.repeat(ys, 3), dst_gt, dst_crs, src_inv, src_crs)
+    px, py = px.reshape(height, 3), py.reshape(height, 3)
+    span = ends[2] - ends[0]
+    dx = (px[:, 2] - px[:, 0]) / span
+    dy = (py[:, 2] - py[:, 0]) / span
+    off = ends[1] - ends[0]
+    with np.errstate(invalid="ignore"):
+        err = np.abs(px[:, 0] + dx * off - px[:, 1]) + np.abs(py[:, 0] + dy * off - py[:, 1])
+        good = np.isfinite(err) & (err <= max_error)
+    seg = cols - ends[0]
+    sx[good] = px[good, :1] + dx[good, None] * seg
+    sy[good] = py[good, :1] + dy[good, None] * seg
+    for row in np.flatnonzero(~good):
         _approx_row(
-            cols, y, 0, width - 1, dst_gt, dst_crs, src_inv, src_crs, max_error, sx[row], sy[row]
+            cols,
+            ys[row],
+            0,
+            width - 1,
+            dst_gt,
+            dst_crs,
+            src_inv,
+            src_crs,
+            max_error,
+            sx[row],
+            sy[row],
         )
     return sx, sy
 
@@ -139,6 +170,43 @@ def needed_window(
     return (c0, r0, c1, r1)
 
 
+NearestIndex = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+def nearest_index(
+    sx: np.ndarray, sy: np.ndarray, col0: int, row0: int, h: int, w: int
+) -> NearestIndex:
+    """Which source pixel (of an ``h x w`` window at ``(col0, row0)``) each target takes.
+
+    Depends only on the grids, so files sharing a grid (a scene's bands) share it.
+    """
+    with np.errstate(invalid="ignore"):
+        ix = np.floor(sx + 1e-10)
+        iy = np.floor(sy + 1e-10)
+    ok = np.isfinite(ix) & np.isfinite(iy)
+    ix = np.where(ok, ix, -1).astype(np.int64) - col0
+    iy = np.where(ok, iy, -1).astype(np.int64) - row0
+    inside = ok & (ix >= 0) & (ix < w) & (iy >= 0) & (iy < h)
+    iyc = np.clip(iy, 0, max(h - 1, 0))
+    ixc = np.clip(ix, 0, max(w - 1, 0))
+    return inside, iyc, ixc, iyc[inside], ixc[inside]
+
+
+def take_nearest(
+    src: np.ndarray, src_valid: np.ndarray, index: NearestIndex, fill: float | int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest sampling of ``src`` (``[C, h, w]``) through a :func:`nearest_index`."""
+    inside, iyc, ixc, iy_in, ix_in = index
+    c, h, w = src.shape
+    out = np.full((c, *inside.shape), fill, dtype=src.dtype)
+    if h and w:
+        out[:, inside] = src[:, iy_in, ix_in]
+        valid = inside & src_valid[iyc, ixc]
+    else:
+        valid = np.zeros(inside.shape, dtype=bool)
+    return out, valid
+
+
 def sample_nearest(
     src: np.ndarray,
     src_valid: np.ndarray,
@@ -149,23 +217,8 @@ def sample_nearest(
     fill: float | int,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Nearest sampling of ``src`` (``[C, h, w]`` starting at ``(col0, row0)``)."""
-    c, h, w = src.shape
-    with np.errstate(invalid="ignore"):
-        ix = np.floor(sx + 1e-10)
-        iy = np.floor(sy + 1e-10)
-    ok = np.isfinite(ix) & np.isfinite(iy)
-    ix = np.where(ok, ix, -1).astype(np.int64) - col0
-    iy = np.where(ok, iy, -1).astype(np.int64) - row0
-    inside = ok & (ix >= 0) & (ix < w) & (iy >= 0) & (iy < h)
-    ixc = np.clip(ix, 0, max(w - 1, 0))
-    iyc = np.clip(iy, 0, max(h - 1, 0))
-    out = np.full((c, *sx.shape), fill, dtype=src.dtype)
-    if h and w:
-        out[:, inside] = src[:, iyc[inside], ixc[inside]]
-        valid = inside & src_valid[iyc, ixc]
-    else:
-        valid = np.zeros(sx.shape, dtype=bool)
-    return out, valid
+    _, h, w = src.shape
+    return take_nearest(src, src_valid, nearest_index(sx, sy, col0, row0, h, w), fill)
 
 
 def sample_bilinear(

@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck check bench clean
+.PHONY: demo test lint typecheck check bench bench-quick clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,8 +28,16 @@ typecheck: $(STAMP)
 
 check: lint typecheck test
 
+# Every benchmark, full size (generates ~3 GB of COGs once into benchmarks/.cache).
 bench: $(STAMP)
+	$(BIN)/python -m benchmarks.suite
 	$(BIN)/python -m benchmarks.header_build
+	$(BIN)/python -m benchmarks.engine_throughput
+	$(BIN)/python -m benchmarks.flight_throughput
+
+# The suite in a few minutes: 5490 px files, fewer chips.
+bench-quick: $(STAMP)
+	$(BIN)/python -m benchmarks.suite --quick
 
 clean:
 	rm -rf $(VENV) demo-data collections .pytest_cache .mypy_cache .ruff_cache

@@ -48,9 +48,9 @@ def machine() -> dict[str, Any]:
     }
 
 
-def write_result(name: str, payload: dict[str, Any]) -> Path:
-    """Write ``results/<name>.json`` with the machine description added."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.json"
+def write_result(name: str, payload: dict[str, Any], directory: Path = RESULTS) -> Path:
+    """Write ``<directory>/<name>.json`` with the machine description added."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{name}.json"
     path.write_text(json.dumps({"machine": machine(), **payload}, indent=2, default=str) + "\n")
     return path

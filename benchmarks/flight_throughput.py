@@ -44,12 +44,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(root: Path, workers: int) -> tuple[subprocess.Popen[bytes], str]:
+def start_server(
+    root: Path, workers: int, cache: str = "2GiB"
+) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port() if workers == 1 else _free_run(workers)
     exe = Path(sys.executable).with_name("cogflight")
     proc = subprocess.Popen(
         [str(exe), "-q", "serve", "--root", str(root), "--port", str(port), "--workers",
-         str(workers), "--cache-bytes", "2GiB"],
+         str(workers), "--cache-bytes", cache],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     location = f"grpc://127.0.0.1:{port}"

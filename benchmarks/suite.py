@@ -31,6 +31,7 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import resource  # noqa: E402
+import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -88,17 +89,20 @@ class _Epoch:
         self.t0 = time.perf_counter()
         self.first: float | None = None
         self.sums: dict[str, float] = {}
+        self.duplicates = 0
 
     def add(self, key: str, value: float) -> None:
         if self.first is None:
             self.first = time.perf_counter() - self.t0
+        self.duplicates += key in self.sums
         self.sums[key] = value
 
     def result(self) -> dict[str, Any]:
         total = time.perf_counter() - self.t0
         n = len(self.sums)
-        return {"chips": n, "first_batch_s": self.first, "total_s": total,
-                "chips_per_s": n / total, "mb_per_s": n * CHIP_BYTES / total / 1e6}
+        return {"chips": n, "duplicates": self.duplicates, "first_batch_s": self.first,
+                "total_s": total, "chips_per_s": n / total,
+                "mb_per_s": n * CHIP_BYTES / total / 1e6}
 
 
 def _qkey(bounds: Any) -> tuple[Any, ...]:
@@ -226,7 +230,9 @@ def run_flight(spec: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]
     info = client.plan(spec["name"], geometry_crs=spec["crs"], **query)
     open_s = time.perf_counter() - t_open
     epochs = []
-    for _ in range(args.epochs):
+    for epoch in range(args.epochs):
+        if epoch:
+            info = client.plan(spec["name"], geometry_crs=spec["crs"], **query)
         ep = _Epoch()
         lock = threading.Lock()
 
@@ -242,7 +248,6 @@ def run_flight(spec: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]
         for th in threads:
             th.join()
         epochs.append((ep.result(), ep.sums))
-        info = client.plan(spec["name"], geometry_crs=spec["crs"], **query)
     client.close()
     return _report(imports, open_s, epochs)
 
@@ -371,12 +376,14 @@ def _child(kind: str, spec_path: Path | None, extra: list[str], timeout: float) 
     if spec_path is not None:
         cmd += ["--spec", str(spec_path)]
     t = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
-    wall = time.perf_counter() - t
-    if proc.returncode != 0:
-        raise RuntimeError(f"{kind} failed:\n{proc.stderr[-4000:]}")
-    result = json.loads(out.read_text())
-    out.unlink()
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+        wall = time.perf_counter() - t
+        if proc.returncode != 0:
+            raise RuntimeError(f"{kind} failed:\n{proc.stderr[-4000:]}")
+        result = json.loads(out.read_text())
+    finally:
+        out.unlink(missing_ok=True)
     result["process_wall_s"] = wall
     return dict(result)
 
@@ -458,7 +465,11 @@ def orchestrate(args: argparse.Namespace) -> int:
                         if server is not None:
                             r_server = _tree_rss_mib(server.pid)
                             server.terminate()
-                            server.wait(timeout=60)
+                            try:
+                                server.wait(timeout=60)
+                            except subprocess.TimeoutExpired:
+                                server.kill()
+                                server.wait()
                     r.update(requests=http.requests, bytes=http.bytes_sent)
                     if server is not None:
                         r.update(server_rss_mib=r_server, server_start_s=start_s)
@@ -484,6 +495,7 @@ def orchestrate(args: argparse.Namespace) -> int:
     plot(payload, results_dir / "suite.png")
     (results_dir / "suite.md").write_text(table(payload))
     print(f"wrote {out}, suite.png, suite.md")
+    shutil.rmtree(work, ignore_errors=True)
     return 0
 
 

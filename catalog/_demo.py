@@ -67,13 +67,10 @@ def run_demo(*, workdir: Path, collections: Path) -> int:
 
 def _stream(collections: Path, name: str) -> None:
     """Serve the Collection in-process and stream chips into torch, when installed."""
-    try:
-        from flight_client._demo import stream_demo
-    except ImportError:  # the catalog works alone; the client ships with torch as an extra
-        print("5. (install cogflight[torch] to stream chips into PyTorch tensors)")
-        return
-    try:
+    try:  # the catalog works alone; streaming needs the client and torch (an extra)
         import torch  # noqa: F401
+
+        from flight_client._demo import stream_demo
     except ImportError:
         print("5. (install cogflight[torch] to stream chips into PyTorch tensors)")
         return

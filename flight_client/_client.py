@@ -5,8 +5,8 @@ Flight service in this process on a local (unix) socket over ``root``, so a
 training job needs no server started by hand; the server package is imported
 only then. A client is thread-safe. gRPC is not fork-safe: after ``fork``
 (DataLoader workers) a client opens a fresh connection on first use, and when
-the parent had already started gRPC, it makes its calls through a helper
-process (see ``_relay``).
+the parent had already started gRPC, it makes its calls through helper
+processes (see ``_relay``), one per call in progress.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import tempfile
 import threading
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,14 @@ from ._relay import Relay
 __all__ = ["Client", "connect"]
 
 logger = logging.getLogger("cogflight.client")
+
+# FlightClients a forked process inherited: freeing them runs gRPC teardown on channels
+# whose threads stayed in the parent, which hangs. They are kept until the process ends.
+_INHERITED: list[Any] = []
+
+
+def _keep_inherited(clients: Mapping[str, Any]) -> None:
+    _INHERITED.extend(clients.values())
 
 
 class Client:
@@ -59,10 +68,12 @@ class Client:
             if v is not None
         }
         self._embedded = embedded
-        self._pid = os.getpid()
+        self._owner = os.getpid()  # the process that may stop the embedded server
+        self._pid = os.getpid()  # the process whose channels ``_clients`` holds
         self._lock = threading.Lock()
         self._clients: dict[str, flight.FlightClient] = {}
-        self._relays: dict[int, Relay] = {}
+        self._relays: list[Relay] = []  # idle helpers of this process
+        self._relays_pid = os.getpid()
         self._closed = False
 
     # -- connection management ------------------------------------------------------------
@@ -92,6 +103,7 @@ class Client:
         where = location or self.location
         with self._lock:
             if os.getpid() != self._pid:  # forked: the parent's channels are unusable here
+                _keep_inherited(self._clients)
                 self._clients = {}
                 self._pid = os.getpid()
             fc = self._clients.get(where)
@@ -100,17 +112,29 @@ class Client:
                 fc = self._clients[where] = call(flight.connect, where, **self._tls)
             return fc
 
-    def _relay(self) -> Relay | None:
-        """The helper process that makes this process's calls, when gRPC cannot."""
+    def _relayed(self) -> bool:
+        """Whether this process must call through helper processes (gRPC inherited)."""
         if self._closed:
             raise ClientError("the client is closed")
-        if not grpc_inherited():
-            return None
+        return grpc_inherited()
+
+    @contextmanager
+    def _relay(self) -> Iterator[Relay]:
+        """An idle helper for one call (a new one when all are busy, as in nested calls)."""
         with self._lock:
-            relay = self._relays.get(os.getpid())
-            if relay is None:
-                relay = self._relays[os.getpid()] = Relay(self.location, self._token, self._tls)
-            return relay
+            if self._relays_pid != os.getpid():  # a helper belongs to the process that made it
+                self._relays, self._relays_pid = [], os.getpid()
+            relay = self._relays.pop() if self._relays else None
+        if relay is None:
+            relay = Relay(self.location, self._token, self._tls)
+        try:
+            yield relay
+        finally:
+            with self._lock:
+                if self._closed or self._relays_pid != os.getpid():
+                    relay.close()
+                else:
+                    self._relays.append(relay)
 
     def close(self) -> None:
         """Close connections (and stop the embedded server, if this client started one)."""
@@ -119,15 +143,18 @@ class Client:
         self._closed = True
         with self._lock:
             clients, self._clients = self._clients, {}
-            relay = self._relays.pop(os.getpid(), None)
-        if relay is not None:
+            relays = self._relays if self._relays_pid == os.getpid() else []
+            self._relays = []
+        for relay in relays:
             relay.close()
         if os.getpid() == self._pid:
             for fc in clients.values():
                 fc.close()
-            if self._embedded is not None:
-                self._embedded.shutdown()
-                self._embedded = None
+        else:  # a parent's channels: closing or freeing them here would hang
+            _keep_inherited(clients)
+        if os.getpid() == self._owner and self._embedded is not None:
+            self._embedded.shutdown()
+            self._embedded = None
 
     def __enter__(self) -> Client:
         return self
@@ -140,9 +167,9 @@ class Client:
 
     # -- metadata -----------------------------------------------------------------------------
     def _action(self, kind: str, body: bytes = b"") -> Any:
-        relay = self._relay()
-        if relay is not None:
-            bodies = relay.action(kind, body)
+        if self._relayed():
+            with self._relay() as relay:
+                bodies = relay.action(kind, body)
             return json.loads(bodies[0]) if bodies else None
         with translated():
             results = list(
@@ -168,10 +195,10 @@ class Client:
 
     def index(self, name: str) -> pa.Table:
         """A Collection's index as an Arrow table (GeoParquet metadata included)."""
-        relay = self._relay()
-        if relay is not None:
-            info = relay.flight_info(flight.FlightDescriptor.for_path(name))
-            return relay.read_all(info.endpoints[0].ticket.ticket, None)
+        if self._relayed():
+            with self._relay() as relay:
+                info = relay.flight_info(flight.FlightDescriptor.for_path(name))
+                return relay.read_all(info.endpoints[0].ticket.ticket, None)
         with translated():
             fc = self.connection()
             info = fc.get_flight_info(
@@ -204,11 +231,13 @@ class Client:
         """Plan a query: the FlightInfo with its schema and shard endpoints."""
         doc = build_query(collection, **kwargs)
         if shards is not None:
+            if "shard" in doc:
+                raise InvalidQueryError("give shards= (endpoints to plan) or shard=, not both")
             doc["shard"] = {"count": int(shards)}
         descriptor = flight.FlightDescriptor.for_command(json.dumps(doc))
-        relay = self._relay()
-        if relay is not None:
-            return relay.flight_info(descriptor)
+        if self._relayed():
+            with self._relay() as relay:
+                return relay.flight_info(descriptor)
         with translated():
             return self.connection().get_flight_info(descriptor, options=self._options())
 
@@ -220,9 +249,9 @@ class Client:
         yield from self._stream(endpoint.ticket, where)
 
     def _stream(self, ticket: flight.Ticket, where: str | None) -> Iterator[pa.RecordBatch]:
-        relay = self._relay()
-        if relay is not None:
-            yield from relay.stream(ticket.ticket, where)
+        if self._relayed():
+            with self._relay() as relay:
+                yield from relay.stream(ticket.ticket, where)
             return
         with translated():
             reader = self.connection(where).do_get(ticket, options=self._options())

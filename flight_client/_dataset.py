@@ -66,7 +66,8 @@ class ChipDataset(IterableDataset[dict[str, Any]]):
     Args:
         client: a :class:`Client` or a location string (``None``: embedded server).
         collection: the Collection name.
-        shuffle: deal endpoints (and chips within a batch) in a per-epoch random order.
+        shuffle: deal endpoints in a per-epoch random order, and the chips of each batch
+            (when yielding chips; whole batches keep the server's order).
         seed: base of the shuffle; ``set_epoch(e)`` changes it per epoch.
         shards_per_consumer: endpoints per consumer (more = finer load balance).
         batches: yield whole batches (use ``DataLoader(batch_size=None)``) instead of chips.
@@ -95,6 +96,8 @@ class ChipDataset(IterableDataset[dict[str, Any]]):
             )
         if shards_per_consumer < 1:
             raise InvalidQueryError("shards_per_consumer must be >= 1")
+        if int(seed) < 0:
+            raise InvalidQueryError(f"seed must be >= 0, got {seed}")
         if unsigned not in UNSIGNED_CASTS:
             raise InvalidQueryError(f"unsigned: expected one of {', '.join(UNSIGNED_CASTS)}")
         self.client = client if isinstance(client, Client) else connect(client)
@@ -125,9 +128,9 @@ class ChipDataset(IterableDataset[dict[str, Any]]):
         """The epoch whose shuffle the next iteration uses."""
         return int(self._epoch.value)
 
-    def endpoints(self) -> list[Any]:
+    def endpoints(self, consumer: tuple[int, int] | None = None) -> list[Any]:
         """This consumer's endpoints for the current epoch, in reading order."""
-        me, consumers = _consumer(self._ddp)
+        me, consumers = consumer or _consumer(self._ddp)
         info = self.client.plan(
             self.collection, shards=consumers * self.shards_per_consumer, **self.query
         )
@@ -138,9 +141,9 @@ class ChipDataset(IterableDataset[dict[str, Any]]):
         return [endpoints[k] for pos, k in enumerate(order) if pos % consumers == me]
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        me, _ = _consumer(self._ddp)
-        rng = np.random.default_rng([self.seed, self.epoch, me])
-        for endpoint in self.endpoints():
+        consumer = _consumer(self._ddp)
+        rng = np.random.default_rng([self.seed, self.epoch, consumer[0]])
+        for endpoint in self.endpoints(consumer):
             for record_batch in self.client.read_endpoint(endpoint):
                 batch = to_torch(record_batch, unsigned=self.unsigned)
                 if self.batches:

@@ -29,14 +29,14 @@ def mark_grpc_started() -> None:
 def _grpc_running() -> bool:
     if os.getpid() in _started_in:
         return True
-    try:
-        names = []
-        for path in glob.glob("/proc/self/task/*/comm"):
+    for path in glob.glob("/proc/self/task/*/comm"):  # no /proc: rely on the marks
+        try:
             with open(path) as f:
-                names.append(f.read().strip())
-    except OSError:  # a thread ended meanwhile, or no /proc: rely on the marks
-        return False
-    return any(name.startswith(_GRPC_THREADS) for name in names)
+                if f.read().strip().startswith(_GRPC_THREADS):
+                    return True
+        except OSError:  # that thread ended meanwhile
+            continue
+    return False
 
 
 def _before_fork() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import numbers
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -13,11 +14,14 @@ __all__ = ["build_query"]
 
 
 def _numbers(value: Any, n: int) -> bool:
+    """``n`` real numbers (Python or numpy), in a sequence or a 1-d array."""
+    if hasattr(value, "tolist") and getattr(value, "ndim", None) == 1:
+        value = value.tolist()
     return (
         isinstance(value, Sequence)
         and not isinstance(value, str | bytes)
         and len(value) == n
-        and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)
+        and all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in value)
     )
 
 
@@ -56,6 +60,8 @@ def geometries_field(geometries: Any, crs: str) -> dict[str, Any]:
             }
         if any(k in geometries for k in ("bbox", "wkb_base64", "geojson")):
             return {"crs": crs, **geometries}
+    if getattr(geometries, "ndim", None) in (1, 2) and hasattr(geometries, "tolist"):
+        geometries = geometries.tolist()  # numpy: one box or point, or one per row
     if _is_bbox(geometries):
         return {"bbox": [float(v) for v in geometries], "crs": crs}
     if _numbers(geometries, 2):

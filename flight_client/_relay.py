@@ -19,7 +19,6 @@ import os
 import struct
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -48,7 +47,10 @@ def _unb64(text: str | None) -> bytes | None:
 
 
 class Relay:
-    """The calling side: one helper process, started on first use, one request at a time."""
+    """The calling side: one helper process, started on first use, one call at a time.
+
+    Not thread-safe by itself: the client lends each relay to one call at a time.
+    """
 
     def __init__(self, location: str, token: str | None, tls: dict[str, bytes]) -> None:
         self._hello = {
@@ -57,12 +59,13 @@ class Relay:
             "tls": {k: _b64(v) for k, v in tls.items()},
         }
         self._proc: subprocess.Popen[bytes] | None = None
-        self._lock = threading.Lock()
 
     # -- process -------------------------------------------------------------------------
     def _start(self) -> subprocess.Popen[bytes]:
-        if self._proc is not None and self._proc.poll() is None:
-            return self._proc
+        if self._proc is not None:
+            if self._proc.poll() is None:
+                return self._proc
+            self._abandon()  # it died on its own: close its pipes before a new one
         env = dict(os.environ)
         here = str(Path(__file__).resolve().parents[1])  # flight_client's parent directory
         env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH")) if p)
@@ -149,23 +152,21 @@ class Relay:
     # -- calls ---------------------------------------------------------------------------
     def action(self, kind: str, body: bytes) -> list[bytes]:
         """Bodies of the results of a DoAction."""
-        with self._lock:
-            stream = self._send({"op": "action", "type": kind, "body": _b64(body)})
-            out: list[bytes] = []
-            while True:
-                tag, payload = self._frame(stream)
-                if tag == _END:
-                    return out
-                out.append(payload.to_pybytes())
+        stream = self._send({"op": "action", "type": kind, "body": _b64(body)})
+        out: list[bytes] = []
+        while True:
+            tag, payload = self._frame(stream)
+            if tag == _END:
+                return out
+            out.append(payload.to_pybytes())
 
     def flight_info(self, descriptor: flight.FlightDescriptor) -> flight.FlightInfo:
         """GetFlightInfo."""
-        with self._lock:
-            stream = self._send({"op": "info", "descriptor": _b64(descriptor.serialize())})
-            _, payload = self._frame(stream)
-            info = flight.FlightInfo.deserialize(payload.to_pybytes())
-            self._frame(stream)  # END
-            return info
+        stream = self._send({"op": "info", "descriptor": _b64(descriptor.serialize())})
+        _, payload = self._frame(stream)
+        info = flight.FlightInfo.deserialize(payload.to_pybytes())
+        self._frame(stream)  # END
+        return info
 
     def stream(self, ticket: bytes, location: str | None) -> Iterator[pa.RecordBatch]:
         """DoGet: the batches, each in its own aligned buffer."""
@@ -179,25 +180,24 @@ class Relay:
         return pa.Table.from_batches(items[1:], schema=items[0])
 
     def _get(self, ticket: bytes, location: str | None) -> Iterator[pa.Schema | pa.RecordBatch]:
-        with self._lock:
-            stream = self._send({"op": "get", "ticket": _b64(ticket), "location": location})
-            done = False
-            try:
-                _, payload = self._frame(stream)
-                schema = pa.ipc.read_schema(payload)
-                yield schema
-                while True:
-                    tag, payload = self._frame(stream)
-                    if tag == _END:
-                        done = True
-                        return
-                    yield pa.ipc.read_record_batch(payload, schema)
-            except ClientError:
-                done = True  # an error frame ends the answer: the helper is ready again
-                raise
-            finally:
-                if not done:
-                    self._abandon()
+        stream = self._send({"op": "get", "ticket": _b64(ticket), "location": location})
+        done = False
+        try:
+            _, payload = self._frame(stream)
+            schema = pa.ipc.read_schema(payload)
+            yield schema
+            while True:
+                tag, payload = self._frame(stream)
+                if tag == _END:
+                    done = True
+                    return
+                yield pa.ipc.read_record_batch(payload, schema)
+        except ClientError:
+            done = True  # an error frame ends the answer: the helper is ready again
+            raise
+        finally:
+            if not done:
+                self._abandon()
 
 
 # -- the helper process ----------------------------------------------------------------------
@@ -234,12 +234,14 @@ def _serve(hello: dict[str, Any], requests: IO[bytes], out: IO[bytes]) -> None:
                     flight.Ticket(_unb64(req["ticket"])), options=options
                 )
                 _write(out, _SCHEMA, reader.schema.serialize())
+                out.flush()
                 while True:
                     try:
                         chunk = reader.read_chunk()
                     except StopIteration:
                         break
                     _write(out, _BATCH, chunk.data.serialize())
+                    out.flush()  # each batch goes on at once, small ones too
             else:
                 raise ClientError(f"relay: unknown request {req['op']!r}")
             _write(out, _END)

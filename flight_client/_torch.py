@@ -46,11 +46,7 @@ def _single_batch(table: pa.Table) -> pa.RecordBatch:
     return table.combine_chunks().to_batches()[0]
 
 
-def _tensor_column(column: pa.Array | pa.ChunkedArray) -> pa.Array:
-    if isinstance(column, pa.ChunkedArray):
-        if column.num_chunks != 1:
-            count("realigned")  # several chunks must be joined: a copy
-        column = column.combine_chunks()
+def _tensor_column(column: pa.Array) -> pa.Array:
     if not isinstance(column, pa.FixedShapeTensorArray):
         raise InvalidQueryError(f"expected an arrow.fixed_shape_tensor column, got {column.type}")
     return column
@@ -64,10 +60,7 @@ def _to_tensor(column: pa.FixedShapeTensorArray, torch: Any) -> Any:
     address = buf.address + values.offset * item if buf is not None else 0
     if item and address % item:
         count("realigned")
-        arr = np.ascontiguousarray(column.to_numpy_ndarray())
-        aligned = np.empty_like(arr)
-        aligned[...] = arr
-        return torch.from_numpy(aligned)
+        return torch.from_numpy(column.to_numpy_ndarray().copy())  # numpy aligns it
     count("zero_copy")
     return torch.from_dlpack(column.to_tensor())
 

@@ -13,6 +13,7 @@ first-valid-wins, as ``RasterDataset`` does, or stacked ``[T, C, H, W]`` with
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -100,7 +101,7 @@ class FlightGeoDataset(GeoDataset):
         if isinstance(client, Client):
             self.client = client
         else:
-            self.client = connect(client, root=root) if client is None else connect(client)
+            self.client = connect(client, root=root)  # both given: a clear error
         self.collection = collection
         self.bands = list(bands) if bands is not None else None
         self.is_image = is_image
@@ -127,7 +128,7 @@ class FlightGeoDataset(GeoDataset):
         grids = {g["id"]: g for g in scene_grids(table)}
         crss = table.column("crs").to_pylist()
         target = pyproj.CRS.from_user_input(
-            crs if crs is not None else max(crss, key=crss.count)  # ties: the first scene
+            crs if crs is not None else Counter(crss).most_common(1)[0][0]  # ties: first
         )
         ids = table.column("id").to_pylist()
         footprints = self._footprints(table, grids, ids, crss, target)
@@ -211,9 +212,6 @@ class FlightGeoDataset(GeoDataset):
         raise InvalidQueryError(
             "res: no scene is in the dataset CRS; give res= in units of that CRS"
         )
-
-    def __getstate__(self) -> dict[str, Any]:
-        return self.__dict__.copy()  # the client pickles as its address
 
     def _crs_text(self) -> str:
         auth = self.crs.to_authority()

@@ -15,6 +15,7 @@ import asyncio
 import collections
 import concurrent.futures
 import contextlib
+import contextvars
 import datetime as dt
 import itertools
 import logging
@@ -619,7 +620,8 @@ class ChipEngine:
                 vbuf = _empty((*lead, *shape), np.dtype(bool))
                 # The batch's tasks carry its sequence number: the pool decodes for the
                 # oldest batch first, so batch 1 never waits for batch 2's tiles.
-                token = PRIORITY.set(next(self._batch_seq))
+                context = contextvars.copy_context()
+                context.run(PRIORITY.set, next(self._batch_seq))
                 tasks = [
                     loop.create_task(
                         self._render(
@@ -633,11 +635,11 @@ class ChipEngine:
                             t,
                             fills,
                             headers,
-                        )
+                        ),
+                        context=context,
                     )
                     for k, c in enumerate(part)
                 ]
-                PRIORITY.reset(token)
                 batches.append(_PendingBatch(part, buf, vbuf, tasks))
                 if len(batches) >= 2:
                     await self._emit(
@@ -742,23 +744,22 @@ class ChipEngine:
 
         # Every file of every time step at once: a chip costs one round trip, not one
         # per file and step (15 dates x 4 band files at 50 ms would be 3 s).
-        jobs = [
-            (si, asyncio.ensure_future(one_file(si, row, asset_bands)))
+        jobs = [  # per time step, one task per file
+            [asyncio.ensure_future(one_file(si, row, ab)) for ab in by_asset.values()]
             for si, row in enumerate(chip.rows)
-            for asset_bands in by_asset.values()
         ]
         try:
-            await asyncio.gather(*(task for _, task in jobs))
+            await asyncio.gather(*(task for step in jobs for task in step))
         except BaseException:
-            for _, task in jobs:
-                task.cancel()
+            for step in jobs:
+                for task in step:
+                    task.cancel()
             raise
-        for si in range(len(chip.rows)):
+        for si, step in enumerate(jobs):
             region = (dest[si] if steps else dest)[:, :gh, :gw]
             step_valid = np.ones((gh, gw), dtype=bool)
-            for sj, task in jobs:
-                if sj == si:
-                    step_valid &= task.result()
+            for task in step:
+                step_valid &= task.result()
             if poly_mask is not None:
                 step_valid &= poly_mask
             if poly_mask is not None or request.scale_offset:
@@ -800,8 +801,8 @@ class ChipEngine:
         )
         plan = warps.get(key)
         if plan is None:
-            plan = warps[key] = asyncio.ensure_future(
-                loop.run_in_executor(self._executor, _warp_plan, grid, header, request)
+            plan = warps[key] = loop.run_in_executor(
+                self._executor, _warp_plan, grid, header, request
             )
         sx0, sy0, level, need, index = await asyncio.shield(plan)
         if need is None:

@@ -64,14 +64,13 @@ class PriorityExecutor(Executor):
                 if not self._heap:  # shut down and drained
                     return
                 _, _, future, fn, args, kwargs = heapq.heappop(self._heap)
-            if not future.set_running_or_notify_cancel():
-                continue
-            try:
-                result = fn(*args, **kwargs)
-            except BaseException as exc:
-                future.set_exception(exc)
-            else:
-                future.set_result(result)
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn(*args, **kwargs))
+                except BaseException as exc:
+                    future.set_exception(exc)
+            # An idle thread must not keep its last task's buffers alive.
+            del future, fn, args, kwargs
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop taking work; run (or with ``cancel_futures``, cancel) what is queued."""

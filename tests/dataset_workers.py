@@ -44,6 +44,27 @@ def forked_child_checks(location: str, queue: Any) -> None:
     queue.put(out)
 
 
+def inherited_client_checks(client: Any, queue: Any) -> None:
+    """In a forked child, the parent's own Client: nested calls, then close, never hang."""
+    import flight_client as fc
+
+    out: dict[str, Any] = {}
+    try:
+        query = {"geometries": [(500000, 4095000, 505000, 4100000)], "geometry_crs":
+                 "EPSG:32633", "chip_size": 32, "batch_rows": 1}
+        rows = 0
+        for batch in client.chips("alpha", **query):  # a call inside a streaming call
+            rows += batch.num_rows
+            out.setdefault("stats_mid_stream", client.stats()["streams"] >= 1)
+        out["rows"] = rows
+        out["relayed"] = fc.stats()["relayed_requests"]
+        client.close()  # the parent's channels: kept, never torn down here
+        out["closed"] = True
+    except Exception as exc:
+        out["error"] = repr(exc)
+    queue.put(out)
+
+
 def ddp_rank(rank: int, world: int, location: str, query: dict[str, Any], out: str) -> None:
     """One DDP rank: two DataLoader workers, two epochs; writes the chips it saw."""
     import torch

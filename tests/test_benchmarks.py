@@ -32,5 +32,6 @@ def test_suite_runs_and_contenders_agree(tmp_path: Path) -> None:
             assert same["equal_fraction"] == 1.0, (name, who, same)
             assert row["requests"] > 0 and row["first_batch_s"] > 0
             assert len(row["epochs"]) == (2 if name == "epoch" else 1)
+            assert all(e["duplicates"] == 0 for e in row["epochs"]), (name, who)
         assert scenario["decode_limit"]["tiles"] > 0
     assert result["loopback_limit"]["mb_per_s"] > 0

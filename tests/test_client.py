@@ -254,6 +254,10 @@ def test_query_geometry_forms() -> None:
                                "crs": "EPSG:4326"}
     assert fc.build_query("c", geometries=(1, 2))["geometries"]["geojson"][0]["type"] == "Point"
     assert fc.build_query("c", geometries=(0, 0, 1, 1))["geometries"]["bbox"] == [0, 0, 1, 1]
+    assert fc.build_query("c", geometries=np.array([[0, 0, 1, 1], [1, 1, 2, 2]]))[
+        "geometries"]["bbox"] == [[0, 0, 1, 1], [1, 1, 2, 2]]
+    pts = fc.build_query("c", geometries=[(np.float32(1.5), np.int64(2))])["geometries"]
+    assert pts["geojson"] == [{"type": "Point", "coordinates": [1.5, 2.0]}]
     wkb = fc.build_query("c", geometries=[shapely.box(0, 0, 1, 1)], geometry_crs="EPSG:32633")
     assert list(wkb["geometries"]) == ["wkb_base64", "crs"]
     with pytest.raises(fc.InvalidQueryError, match="geometries: expected"):

@@ -15,7 +15,12 @@ from torch.utils.data import DataLoader
 
 import flight_client as fc
 from flight_server import Server
-from tests.dataset_workers import chip_key, ddp_rank, forked_child_checks
+from tests.dataset_workers import (
+    chip_key,
+    ddp_rank,
+    forked_child_checks,
+    inherited_client_checks,
+)
 from tests.flight_fixtures import GT, make_root
 
 # 8 x 8 boxes of 320 m over the first scene; each hits 2 to 4 of the 4 scenes.
@@ -164,6 +169,23 @@ def test_forked_child_reaches_server_through_helper(server) -> None:
     assert out["invalid"].startswith("bands: 'blue' not in Collection")
     assert out["rows"] == 4 and out["zero_copy"]
     assert out["relayed"] == 7
+
+
+def test_parent_client_in_a_forked_child(server) -> None:
+    import multiprocessing
+
+    client = fc.connect(server.location)
+    assert client.health()["status"] == "ok"  # the parent's channels exist before the fork
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=inherited_client_checks, args=(client, queue))
+    child.start()
+    out = queue.get(timeout=120)
+    child.join(timeout=60)
+    assert child.exitcode == 0, "the child ended cleanly (no hang in gRPC teardown)"
+    # relayed: the stream, and a stats call inside it for each of its 4 batches
+    assert out == {"stats_mid_stream": True, "rows": 4, "relayed": 5, "closed": True}, out
+    assert client.health()["status"] == "ok", "the parent's client is untouched"
 
 
 FORK_SCRIPT = """

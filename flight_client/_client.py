@@ -294,26 +294,9 @@ class Client:
         ``geometries`` may be bbox tuples, (x, y) points (with ``chip_size``), shapely
         geometries, WKB or GeoJSON.
         """
-        doc = build_query(
-            collection,
-            geometries=geometries,
-            geometry_crs=geometry_crs,
-            bands=bands,
-            filter=filter,
-            chip_size=chip_size,
-            resolution=resolution,
-            crs=crs,
-            resampling=resampling,
-            time_series=time_series,
-            mask=mask,
-            all_touched=all_touched,
-            dtype=dtype,
-            scale_offset=scale_offset,
-            batch_rows=batch_rows,
-            columns=columns,
-            shard=shard,
-            on_error=on_error,
-        )
+        fields = dict(locals())  # exactly the parameters above: build_query's own
+        del fields["self"]
+        doc = build_query(**fields)
         yield from self._stream(flight.Ticket(json.dumps(doc).encode()), None)
 
 

@@ -25,7 +25,6 @@ from ._plan import GeoTransform
 __all__ = [
     "nearest_index",
     "sample_bilinear",
-    "sample_nearest",
     "source_coordinates",
     "take_nearest",
 ]
@@ -205,20 +204,6 @@ def take_nearest(
     else:
         valid = np.zeros(inside.shape, dtype=bool)
     return out, valid
-
-
-def sample_nearest(
-    src: np.ndarray,
-    src_valid: np.ndarray,
-    sx: np.ndarray,
-    sy: np.ndarray,
-    col0: int,
-    row0: int,
-    fill: float | int,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Nearest sampling of ``src`` (``[C, h, w]`` starting at ``(col0, row0)``)."""
-    _, h, w = src.shape
-    return take_nearest(src, src_valid, nearest_index(sx, sy, col0, row0, h, w), fill)
 
 
 def sample_bilinear(

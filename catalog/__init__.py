@@ -10,13 +10,17 @@ Builders: :func:`build_from_files`, :func:`build_from_table`,
 Collection with :func:`load`.
 """
 
+from typing import Any
+
+from cogflight_core._deprecated import deprecated_attribute
+
 from ._build import build_from_files, build_from_table
 from ._collection import Collection, load
 from ._errors import (
     AccessDeniedError,
     BuildError,
     BuildFailure,
-    CatalogError,
+    CogflightError,
     CollectionError,
     DatasetNotFoundError,
     HeaderError,
@@ -57,7 +61,7 @@ __all__ = [
     "Band",
     "BuildError",
     "BuildFailure",
-    "CatalogError",
+    "CogflightError",
     "Collection",
     "CollectionError",
     "DatasetEntry",
@@ -101,3 +105,10 @@ __all__ = [
     "settings",
     "translate_storage_error",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """Old names, deprecated for one release."""
+    return deprecated_attribute(
+        __name__, name, {"CatalogError": ("cogflight_core.CogflightError", CogflightError)}
+    )

@@ -35,7 +35,7 @@ from ._collection import Collection
 from ._errors import (
     BuildError,
     BuildFailure,
-    CatalogError,
+    CogflightError,
     InvalidArgumentError,
 )
 from ._footprint import bounds_footprint, geometry_to_crs84
@@ -127,7 +127,7 @@ def to_utc(value: Any, field_name: str = "datetime") -> dt.datetime | None:
     return out.astimezone(dt.UTC)
 
 
-def _failure(scene_id: str | None, href: str | None, exc: CatalogError) -> BuildFailure:
+def _failure(scene_id: str | None, href: str | None, exc: CogflightError) -> BuildFailure:
     reason = getattr(exc, "reason", None) or str(exc)
     return BuildFailure(scene_id, href, type(exc).__name__, reason)
 
@@ -569,7 +569,7 @@ def read_table(
                 data = obstore.get(store, path).bytes()
                 return pq.read_table(pa.BufferReader(memoryview(data))), where
             return pq.read_table(where), where
-        except CatalogError:
+        except CogflightError:
             raise
         except Exception as exc:
             raise InvalidArgumentError(f"cannot read table {where}: {exc}") from exc

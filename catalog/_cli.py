@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ._errors import CatalogError, InvalidArgumentError
+from ._errors import CogflightError, InvalidArgumentError
 from ._stores import StoreOptions
 
 __all__ = ["main"]
@@ -381,7 +381,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return int(args.func(args))
-    except CatalogError as exc:
+    except CogflightError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

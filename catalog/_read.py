@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from ._aio import run_sync
-from ._errors import CatalogError, HeaderError, InvalidArgumentError, StorageError
+from ._errors import CogflightError, HeaderError, InvalidArgumentError, StorageError
 from ._header import HeaderRecord, header_from_raw
 from ._settings import settings
 from ._stores import ObjectReader, RangeReader, StoreOptions, StoreRegistry, default_registry
@@ -73,7 +73,7 @@ class HeaderResult:
 
     href: str
     record: HeaderRecord | None
-    error: CatalogError | None
+    error: CogflightError | None
     requests: int
 
 
@@ -105,7 +105,7 @@ async def read_headers_async(
                 reader = registry.reader(href)
                 record = await read_header_async(href, reader=reader, read_ahead=read_ahead)
                 result = HeaderResult(href, record, None, reader.requests)
-            except CatalogError as exc:
+            except CogflightError as exc:
                 result = HeaderResult(href, None, exc, reader.requests if reader else 0)
             except Exception as exc:  # a bug or an unexpected library error: keep going
                 logger.exception("unexpected error reading the header of %s", href)
@@ -127,6 +127,6 @@ async def read_headers_async(
     return results
 
 
-def is_storage_error(error: CatalogError | None) -> bool:
+def is_storage_error(error: CogflightError | None) -> bool:
     """Whether a failure came from storage rather than from the file's content."""
     return isinstance(error, StorageError)

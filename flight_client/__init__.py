@@ -9,15 +9,19 @@ only for the embedded mode.
 
 from typing import Any
 
+from cogflight_core._deprecated import deprecated_attribute
+
 from ._client import Client, connect
 from ._errors import (
     AuthenticationError,
-    ClientError,
+    CogflightError,
     CollectionNotFoundError,
-    InvalidQueryError,
+    DeadlineExceededError,
+    InvalidArgumentError,
     MissingDependencyError,
+    PermissionDeniedError,
     ServerError,
-    ServerUnavailableError,
+    UnavailableError,
 )
 from ._query import build_query
 from ._sampling import grid_boxes, random_points, scene_grids
@@ -28,13 +32,15 @@ __all__ = [
     "AuthenticationError",
     "ChipDataset",
     "Client",
-    "ClientError",
+    "CogflightError",
     "CollectionNotFoundError",
+    "DeadlineExceededError",
     "FlightGeoDataset",
-    "InvalidQueryError",
+    "InvalidArgumentError",
     "MissingDependencyError",
+    "PermissionDeniedError",
     "ServerError",
-    "ServerUnavailableError",
+    "UnavailableError",
     "build_query",
     "collate",
     "connect",
@@ -57,4 +63,12 @@ def __getattr__(name: str) -> Any:
         from ._torchgeo import FlightGeoDataset
 
         return FlightGeoDataset
-    raise AttributeError(f"module 'flight_client' has no attribute {name!r}")
+    return deprecated_attribute(
+        __name__,
+        name,
+        {
+            "ClientError": ("flight_client.CogflightError", CogflightError),
+            "InvalidQueryError": ("flight_client.InvalidArgumentError", InvalidArgumentError),
+            "ServerUnavailableError": ("flight_client.UnavailableError", UnavailableError),
+        },
+    )

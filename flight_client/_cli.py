@@ -14,9 +14,9 @@ def _cmd_preview(args: argparse.Namespace) -> int:
 
     bbox = [float(v) for v in args.bbox.split(",")]
     if len(bbox) != 4:
-        from ._errors import InvalidQueryError
+        from ._errors import InvalidArgumentError
 
-        raise InvalidQueryError("--bbox: expected xmin,ymin,xmax,ymax")
+        raise InvalidArgumentError("--bbox: expected xmin,ymin,xmax,ymax")
     with connect(
         args.location, root=None if args.location else args.root, token=args.token
     ) as client:

@@ -25,7 +25,9 @@ from typing import Any
 import pyarrow as pa
 from pyarrow import flight
 
-from ._errors import ClientError, InvalidQueryError, MissingDependencyError, call, translated
+from cogflight_core import parse_query
+
+from ._errors import CogflightError, InvalidArgumentError, MissingDependencyError, call, translated
 from ._fork import grpc_inherited, mark_grpc_started
 from ._query import build_query
 from ._relay import Relay
@@ -99,7 +101,7 @@ class Client:
     def connection(self, location: str | None = None) -> flight.FlightClient:
         """The FlightClient for ``location`` (default: the server's), one per process."""
         if self._closed:
-            raise ClientError("the client is closed")
+            raise CogflightError("the client is closed")
         where = location or self.location
         with self._lock:
             if os.getpid() != self._pid:  # forked: the parent's channels are unusable here
@@ -115,7 +117,7 @@ class Client:
     def _relayed(self) -> bool:
         """Whether this process must call through helper processes (gRPC inherited)."""
         if self._closed:
-            raise ClientError("the client is closed")
+            raise CogflightError("the client is closed")
         return grpc_inherited()
 
     @contextmanager
@@ -210,19 +212,11 @@ class Client:
     def query(self, collection: str, **kwargs: Any) -> dict[str, Any]:
         """The v1 query document for these arguments (see :meth:`chips`).
 
-        Checked against the wire contract here, without a call, when the server
-        package is installed (it ships in the same distribution); what depends on
-        the Collection (band names, columns) is checked by the server.
+        Checked against the wire contract here, without a call; what needs geometry
+        or the Collection (CRSs, band names, columns) is checked by the server.
         """
         doc = build_query(collection, **kwargs)
-        try:
-            from flight_server import ChipRequest, InvalidRequestError, parse_query
-        except ImportError:  # pragma: no cover - a client-only installation
-            return doc
-        try:
-            ChipRequest.create(**parse_query(doc).request)
-        except InvalidRequestError as exc:
-            raise InvalidQueryError(str(exc)) from exc
+        parse_query(doc)
         return doc
 
     def plan(
@@ -232,7 +226,7 @@ class Client:
         doc = build_query(collection, **kwargs)
         if shards is not None:
             if "shard" in doc:
-                raise InvalidQueryError("give shards= (endpoints to plan) or shard=, not both")
+                raise InvalidArgumentError("give shards= (endpoints to plan) or shard=, not both")
             doc["shard"] = {"count": int(shards)}
         descriptor = flight.FlightDescriptor.for_command(json.dumps(doc))
         if self._relayed():
@@ -321,7 +315,7 @@ def connect(
     """
     if location is not None:
         if root is not None:
-            raise ClientError("give either a location (remote) or a root (embedded), not both")
+            raise CogflightError("give either a location (remote) or a root (embedded), not both")
         return Client(
             location,
             token=token,
@@ -337,7 +331,7 @@ def connect(
         ) from exc
     root_path = Path(root if root is not None else "collections")
     if not root_path.is_dir() and "://" not in str(root_path):
-        raise ClientError(
+        raise CogflightError(
             f"no Collections directory at {root_path.resolve()}; save a "
             "Collection there or pass root=..."
         )

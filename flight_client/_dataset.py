@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ._client import Client, connect
-from ._errors import InvalidQueryError, MissingDependencyError
+from ._errors import InvalidArgumentError, MissingDependencyError
 from ._torch import UNSIGNED_CASTS, to_torch
 
 try:
@@ -95,11 +95,11 @@ class ChipDataset(IterableDataset[dict[str, Any]]):
                 "ChipDataset needs PyTorch: pip install 'cogflight[torch]'"
             )
         if shards_per_consumer < 1:
-            raise InvalidQueryError("shards_per_consumer must be >= 1")
+            raise InvalidArgumentError("shards_per_consumer must be >= 1")
         if int(seed) < 0:
-            raise InvalidQueryError(f"seed must be >= 0, got {seed}")
+            raise InvalidArgumentError(f"seed must be >= 0, got {seed}")
         if unsigned not in UNSIGNED_CASTS:
-            raise InvalidQueryError(f"unsigned: expected one of {', '.join(UNSIGNED_CASTS)}")
+            raise InvalidArgumentError(f"unsigned: expected one of {', '.join(UNSIGNED_CASTS)}")
         self.client = client if isinstance(client, Client) else connect(client)
         self.collection = collection
         self.shuffle = shuffle

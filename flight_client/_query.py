@@ -8,7 +8,7 @@ import numbers
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ._errors import InvalidQueryError
+from ._errors import InvalidArgumentError
 
 __all__ = ["build_query"]
 
@@ -39,7 +39,7 @@ def _wkb(value: Any) -> bytes:
     to_wkb = getattr(value, "wkb", None)  # shapely geometries, without importing shapely
     if isinstance(to_wkb, bytes):
         return to_wkb
-    raise InvalidQueryError(
+    raise InvalidArgumentError(
         f"geometries: expected bbox tuples, shapely geometries, WKB or GeoJSON, got "
         f"{type(value).__name__}"
     )
@@ -71,7 +71,7 @@ def geometries_field(geometries: Any, crs: str) -> dict[str, Any]:
     if isinstance(geometries, Sequence) and not isinstance(geometries, str | bytes):
         items = list(geometries)
         if not items:
-            raise InvalidQueryError("geometries: no geometries given")
+            raise InvalidArgumentError("geometries: no geometries given")
         if all(_is_bbox(g) for g in items):
             return {"bbox": [[float(v) for v in g] for g in items], "crs": crs}
         if all(_numbers(g, 2) for g in items):  # (x, y) pairs: points, for chip_size chips
@@ -105,7 +105,7 @@ def build_query(
 ) -> dict[str, Any]:
     """A v1 query object; None arguments are left out (the server's defaults apply)."""
     if not isinstance(collection, str) or not collection:
-        raise InvalidQueryError("collection: expected a Collection name")
+        raise InvalidArgumentError("collection: expected a Collection name")
     doc: dict[str, Any] = {
         "v": 1,
         "collection": collection,

@@ -26,9 +26,10 @@ from typing import IO, Any
 import pyarrow as pa
 from pyarrow import flight
 
-from . import _errors
+from cogflight_core import error_for, from_flight, status_code
+
 from ._counters import count
-from ._errors import ClientError, ServerUnavailableError, translate
+from ._errors import CogflightError, UnavailableError
 
 __all__ = ["Relay"]
 
@@ -121,7 +122,7 @@ class Relay:
             proc.stdin.flush()
         except OSError as exc:
             self._abandon()
-            raise ServerUnavailableError(f"the Flight helper process ended: {exc}") from exc
+            raise UnavailableError(f"the Flight helper process ended: {exc}") from exc
         return proc.stdout
 
     def _read_exact(self, stream: IO[bytes], view: memoryview) -> None:
@@ -130,7 +131,7 @@ class Relay:
             n = stream.readinto(view[pos:])  # type: ignore[attr-defined]
             if not n:
                 self._abandon()
-                raise ServerUnavailableError(
+                raise UnavailableError(
                     "the Flight helper process ended unexpectedly (see its log above)"
                 )
             pos += n
@@ -143,10 +144,7 @@ class Relay:
         self._read_exact(stream, memoryview(payload))
         if tag == _ERROR:
             error = json.loads(payload.to_pybytes())
-            cls = getattr(_errors, error["class"], None)
-            if not (isinstance(cls, type) and issubclass(cls, ClientError)):
-                cls = _errors.ServerError
-            raise cls(error["message"])
+            raise error_for(error["code"], error["message"])
         return tag, payload
 
     # -- calls ---------------------------------------------------------------------------
@@ -192,7 +190,7 @@ class Relay:
                     done = True
                     return
                 yield pa.ipc.read_record_batch(payload, schema)
-        except ClientError:
+        except CogflightError:
             done = True  # an error frame ends the answer: the helper is ready again
             raise
         finally:
@@ -243,11 +241,11 @@ def _serve(hello: dict[str, Any], requests: IO[bytes], out: IO[bytes]) -> None:
                     _write(out, _BATCH, chunk.data.serialize())
                     out.flush()  # each batch goes on at once, small ones too
             else:
-                raise ClientError(f"relay: unknown request {req['op']!r}")
+                raise CogflightError(f"relay: unknown request {req['op']!r}")
             _write(out, _END)
         except Exception as exc:  # every failure goes back to the caller, typed
-            err = exc if isinstance(exc, ClientError) else translate(exc)
-            doc = {"class": type(err).__name__, "message": str(err)}
+            err = from_flight(exc)
+            doc = {"code": status_code(err), "message": str(err)}
             _write(out, _ERROR, json.dumps(doc).encode())
         out.flush()
 

@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ._errors import InvalidQueryError
+from ._errors import InvalidArgumentError
 
 __all__ = ["grid_boxes", "random_points", "scene_grids"]
 
@@ -23,7 +23,7 @@ def scene_grids(index: pa.Table, asset: str | None = None) -> list[dict[str, Any
     """Per scene: id, CRS, native geotransform and size (from the first asset's header)."""
     assets = [c for c in index.column_names if c.startswith("asset:")]
     if not assets:
-        raise InvalidQueryError("the table is not a Collection index (no asset: columns)")
+        raise InvalidArgumentError("the table is not a Collection index (no asset: columns)")
     col = index.column(f"asset:{asset}" if asset else assets[0])
     header = pc.struct_field(col, "header")
     gts = pc.struct_field(header, "geotransform").to_pylist()
@@ -63,10 +63,10 @@ def random_points(
     import pyproj
 
     if size < 1 or count < 0:
-        raise InvalidQueryError("size must be >= 1 and count >= 0")
+        raise InvalidArgumentError("size must be >= 1 and count >= 0")
     grids = scene_grids(index)
     if not grids:
-        raise InvalidQueryError("no scene to sample from")
+        raise InvalidArgumentError("no scene to sample from")
     rng = np.random.default_rng(seed)
     extents = []
     for g in grids:
@@ -78,7 +78,7 @@ def random_points(
         extents.append((xs[0] + half_x, ys[0] + half_y, xs[1] - half_x, ys[1] - half_y))
     areas = np.array([max(e[2] - e[0], 0) * max(e[3] - e[1], 0) for e in extents])
     if areas.sum() <= 0:
-        raise InvalidQueryError(f"no scene is larger than a {size}-pixel chip")
+        raise InvalidArgumentError(f"no scene is larger than a {size}-pixel chip")
     picks = rng.choice(len(grids), size=count, p=areas / areas.sum())
     out: list[tuple[float, float]] = []
     transformers: dict[str, Any] = {}
@@ -108,7 +108,7 @@ def grid_boxes(
     xmin, ymin, xmax, ymax = (float(v) for v in bounds)
     stride = size if stride is None else stride
     if size <= 0 or stride <= 0 or xmax <= xmin or ymax <= ymin:
-        raise InvalidQueryError("grid: size and stride must be positive, bounds non-empty")
+        raise InvalidArgumentError("grid: size and stride must be positive, bounds non-empty")
     nx = max(1, math.ceil((xmax - xmin - size) / stride) + 1)
     ny = max(1, math.ceil((ymax - ymin - size) / stride) + 1)
     boxes = []

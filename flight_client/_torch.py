@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 from ._counters import count, stats
-from ._errors import InvalidQueryError, MissingDependencyError
+from ._errors import InvalidArgumentError, MissingDependencyError
 
 __all__ = ["UNSIGNED_CASTS", "collate", "move", "stats", "to_torch"]
 
@@ -48,7 +48,9 @@ def _single_batch(table: pa.Table) -> pa.RecordBatch:
 
 def _tensor_column(column: pa.Array) -> pa.Array:
     if not isinstance(column, pa.FixedShapeTensorArray):
-        raise InvalidQueryError(f"expected an arrow.fixed_shape_tensor column, got {column.type}")
+        raise InvalidArgumentError(
+            f"expected an arrow.fixed_shape_tensor column, got {column.type}"
+        )
     return column
 
 
@@ -93,7 +95,7 @@ def to_torch(
     """
     torch = _torch()
     if unsigned not in UNSIGNED_CASTS:
-        raise InvalidQueryError(f"unsigned: expected one of {', '.join(UNSIGNED_CASTS)}")
+        raise InvalidArgumentError(f"unsigned: expected one of {', '.join(UNSIGNED_CASTS)}")
     if isinstance(batch, pa.Table):
         batch = _single_batch(batch)
     out: dict[str, Any] = {}

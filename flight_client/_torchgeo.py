@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ._client import Client, connect
-from ._errors import InvalidQueryError, MissingDependencyError
+from ._errors import InvalidArgumentError, MissingDependencyError
 from ._torch import to_torch
 
 try:
@@ -118,9 +118,9 @@ class FlightGeoDataset(GeoDataset):
 
             table = table.take(select_rows(table, **self.filter))
         if table.num_rows == 0:
-            raise InvalidQueryError(f"Collection {collection!r} has no scene matching {filter}")
+            raise InvalidArgumentError(f"Collection {collection!r} has no scene matching {filter}")
         if label_field is not None and label_field not in table.column_names:
-            raise InvalidQueryError(
+            raise InvalidArgumentError(
                 f"label_field: Collection {collection!r} has no column {label_field!r}"
             )
         from ._sampling import scene_grids
@@ -209,7 +209,7 @@ class FlightGeoDataset(GeoDataset):
             if sid in grids and pyproj.CRS.from_user_input(scene_crs).equals(target):
                 gt = grids[sid]["transform"]
                 return (abs(gt[1]), abs(gt[5]))
-        raise InvalidQueryError(
+        raise InvalidArgumentError(
             "res: no scene is in the dataset CRS; give res= in units of that CRS"
         )
 

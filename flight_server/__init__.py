@@ -7,20 +7,26 @@ cache), assemble (windows, masks, resampling, time series). It is callable
 in-process and sits under the Flight service.
 """
 
+from typing import Any
+
+from cogflight_core._deprecated import deprecated_attribute
+
 from ._cache import CacheStats, TileCache
 from ._engine import ChipBatch, ChipEngine, ChipPlan, ChipResult, ChipStream, EngineStats, Grid
 from ._errors import (
     ChipReadError,
+    CogflightError,
+    CollectionNotFoundError,
     DecodeError,
-    EngineError,
-    InvalidRequestError,
+    InvalidArgumentError,
     LimitExceededError,
     PartialFailureError,
+    UnavailableError,
     UpstreamError,
 )
 from ._query import QUERY_VERSION, Query, parse_query
 from ._request import RESAMPLING, ChipRequest
-from ._roots import CollectionNotFoundError, CollectionRoot
+from ._roots import CollectionRoot
 from ._serve import Server, ServerConfig, serve
 from ._service import FlightService, load_tokens
 from ._settings import EngineSettings, engine_settings
@@ -36,24 +42,37 @@ __all__ = [
     "ChipRequest",
     "ChipResult",
     "ChipStream",
+    "CogflightError",
     "CollectionNotFoundError",
     "CollectionRoot",
     "DecodeError",
-    "EngineError",
     "EngineSettings",
     "EngineStats",
     "FlightService",
     "Grid",
-    "InvalidRequestError",
+    "InvalidArgumentError",
     "LimitExceededError",
     "PartialFailureError",
     "Query",
     "Server",
     "ServerConfig",
     "TileCache",
+    "UnavailableError",
     "UpstreamError",
     "engine_settings",
     "load_tokens",
     "parse_query",
     "serve",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """Old names, deprecated for one release."""
+    return deprecated_attribute(
+        __name__,
+        name,
+        {
+            "EngineError": ("cogflight_core.CogflightError", CogflightError),
+            "InvalidRequestError": ("flight_server.InvalidArgumentError", InvalidArgumentError),
+        },
+    )

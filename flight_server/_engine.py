@@ -34,7 +34,6 @@ from shapely.geometry.base import BaseGeometry
 
 from catalog import (
     Band,
-    CatalogError,
     Collection,
     HeaderRecord,
     StoreRegistry,
@@ -46,7 +45,7 @@ from catalog import settings as catalog_settings
 
 from ._arrow import band_metadata, chip_schema
 from ._cache import CacheStats, TileCache
-from ._errors import ChipReadError, EngineError, InvalidRequestError, LimitExceededError
+from ._errors import ChipReadError, CogflightError, InvalidArgumentError, LimitExceededError
 from ._geometry import reproject_geometry
 from ._plan import (
     GeoTransform,
@@ -284,7 +283,7 @@ class ChipEngine:
         self.max_chip_pixels = s.max_chip_pixels if max_chip_pixels is None else max_chip_pixels
         self.max_chips = s.max_chips if max_chips is None else max_chips
         if self.max_requests < 1 or self.decode_threads < 1:
-            raise InvalidRequestError("max_requests and decode_threads must be >= 1")
+            raise InvalidArgumentError("max_requests and decode_threads must be >= 1")
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -416,15 +415,15 @@ class ChipEngine:
         """Parsed header of a scene's asset, cached by href and header bytes' identity."""
         value = collection.table.column(asset_column(band.asset))[row]
         if not value.is_valid:
-            raise InvalidRequestError(f"scene {row} has no asset {band.asset!r}")
+            raise InvalidArgumentError(f"scene {row} has no asset {band.asset!r}")
         offsets = value["header"]["levels"][0]["tile_offsets"]
         key = (str(value["href"].as_py()), len(offsets), offsets[0].as_py() if len(offsets) else 0)
         h = self._headers.get(key)
         if h is None:
             try:
                 h = collection.header(row, band.name)
-            except CatalogError as exc:
-                raise InvalidRequestError(str(exc)) from exc
+            except CogflightError as exc:
+                raise InvalidArgumentError(str(exc)) from exc
             self._headers[key] = h
             if len(self._headers) > 8192:
                 self._headers.popitem(last=False)
@@ -436,7 +435,7 @@ class ChipEngine:
         known = {b.name: b for b in collection.bands}
         unknown = [b for b in request.bands if b not in known]
         if unknown:
-            raise InvalidRequestError(
+            raise InvalidArgumentError(
                 f"bands: {', '.join(map(repr, unknown))} not in Collection {collection.name!r}; "
                 f"it has {', '.join(known)}"
             )
@@ -447,20 +446,20 @@ class ChipEngine:
     ) -> list[_Chip]:
         for col in request.columns:
             if col not in collection.table.column_names or col.startswith("asset:"):
-                raise InvalidRequestError(
+                raise InvalidArgumentError(
                     f"columns: Collection {collection.name!r} has no column {col!r}"
                 )
         n = len(collection)
         rows = np.arange(n) if request.rows is None else np.asarray(request.rows, dtype=np.int64)
         if rows.size and (rows.min() < 0 or rows.max() >= n):
-            raise InvalidRequestError(f"rows: out of range for {n} scenes")
+            raise InvalidArgumentError(f"rows: out of range for {n} scenes")
         wkb = collection.table.column("geometry").take(pa.array(rows)).to_pylist()
         footprints = shapely.from_wkb(wkb)
         tree = shapely.STRtree(footprints)
         try:
             geoms84 = [geometry_to_crs84(g, request.geometry_crs) for g in request.geometries]
         except Exception as exc:
-            raise InvalidRequestError(f"geometries: cannot project to lon/lat: {exc}") from exc
+            raise InvalidArgumentError(f"geometries: cannot project to lon/lat: {exc}") from exc
         g_idx, f_idx = tree.query(geoms84, predicate="intersects")
         hits: dict[int, list[int]] = {}
         for gi, fi in zip(g_idx.tolist(), f_idx.tolist(), strict=True):
@@ -522,7 +521,7 @@ class ChipEngine:
         crs = request.crs or ref.crs
         if request.resolution is None:
             if not same_crs(crs, ref.crs):
-                raise InvalidRequestError(
+                raise InvalidArgumentError(
                     "resolution: give a resolution (in units of crs) when crs differs from "
                     "the rasters' CRS"
                 )
@@ -546,11 +545,11 @@ class ChipEngine:
         """Plan a request without reading pixels: chip count, shape, dtype, Arrow schema.
 
         Raises:
-            InvalidRequestError: a field does not fit this Collection.
+            InvalidArgumentError: a field does not fit this Collection.
             LimitExceededError: too many chips, or chips too large.
         """
         if not isinstance(request, ChipRequest):
-            raise InvalidRequestError("request: build it with ChipRequest.create(...)")
+            raise InvalidArgumentError("request: build it with ChipRequest.create(...)")
         bands = self._bands(collection, request)
         out_dtype = _output_dtype(bands, collection, request)
         chips = self._plan(collection, request, bands)
@@ -653,7 +652,7 @@ class ChipEngine:
         except asyncio.CancelledError:
             raise
         except BaseException as exc:
-            if not isinstance(exc, EngineError | CatalogError):
+            if not isinstance(exc, CogflightError):
                 logger.exception("chip production failed")
             await queue.put(exc)
         finally:
@@ -1018,9 +1017,9 @@ def _output_dtype(bands: Sequence[Band], collection: Collection, request: ChipRe
     if request.dtype is not None:
         target = np.dtype(request.dtype)
         if request.scale_offset and target.kind != "f":
-            raise InvalidRequestError("dtype: scale_offset output must be a float dtype")
+            raise InvalidArgumentError("dtype: scale_offset output must be a float dtype")
         if target.kind != "f" and not np.can_cast(native, target, casting="safe"):
-            raise InvalidRequestError(
+            raise InvalidArgumentError(
                 f"dtype: casting {native} to {target} would lose values; choose a wider "
                 "integer or a float dtype"
             )

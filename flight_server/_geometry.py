@@ -22,7 +22,7 @@ from catalog import cached_crs as proj_crs
 from catalog import cached_transformer as proj_transformer
 from catalog import same_crs
 
-from ._errors import InvalidRequestError
+from ._errors import InvalidArgumentError
 
 __all__ = ["parse_crs", "reproject_geometry", "to_geometries"]
 
@@ -34,7 +34,7 @@ def parse_crs(value: str) -> pyproj.CRS:
     try:
         return proj_crs(value)
     except pyproj.exceptions.CRSError as exc:
-        raise InvalidRequestError(f"crs: cannot read {value!r} as a CRS ({exc})") from exc
+        raise InvalidArgumentError(f"crs: cannot read {value!r} as a CRS ({exc})") from exc
 
 
 def _transformer(src: str, dst: str) -> pyproj.Transformer:
@@ -68,7 +68,7 @@ def reproject_geometry(geom: BaseGeometry, src: str, dst: str) -> BaseGeometry:
 
     out = shapely.transform(dense, fn)
     if not np.all(np.isfinite(shapely.get_coordinates(out))):
-        raise InvalidRequestError(
+        raise InvalidArgumentError(
             f"geometry does not project from {src} to {dst} (outside the CRS's area of use)"
         )
     return out
@@ -93,24 +93,24 @@ def _one(value: Any, where: str) -> BaseGeometry:
         ):
             xmin, ymin, xmax, ymax = (float(v) for v in value)
             if not (np.isfinite([xmin, ymin, xmax, ymax]).all() and xmin < xmax and ymin < ymax):
-                raise InvalidRequestError(
+                raise InvalidArgumentError(
                     f"{where}: a bbox must be [xmin, ymin, xmax, ymax] with xmin < xmax and "
                     f"ymin < ymax, got {list(value)}"
                 )
             geom = shapely.box(xmin, ymin, xmax, ymax)
         else:
-            raise InvalidRequestError(
+            raise InvalidArgumentError(
                 f"{where}: expected a bbox, shapely geometry, WKB, WKT or GeoJSON, got "
                 f"{type(value).__name__}"
             )
-    except InvalidRequestError:
+    except InvalidArgumentError:
         raise
     except (shapely.errors.ShapelyError, ValueError, TypeError) as exc:
-        raise InvalidRequestError(f"{where}: not a valid geometry ({exc})") from exc
+        raise InvalidArgumentError(f"{where}: not a valid geometry ({exc})") from exc
     if geom is None or geom.is_empty:
-        raise InvalidRequestError(f"{where}: the geometry is empty")
+        raise InvalidArgumentError(f"{where}: the geometry is empty")
     if not np.all(np.isfinite(shapely.get_coordinates(geom))):
-        raise InvalidRequestError(f"{where}: the geometry has non-finite coordinates")
+        raise InvalidArgumentError(f"{where}: the geometry has non-finite coordinates")
     if geom.geom_type not in (
         "Polygon",
         "MultiPolygon",
@@ -119,7 +119,7 @@ def _one(value: Any, where: str) -> BaseGeometry:
         "LineString",
         "MultiLineString",
     ):
-        raise InvalidRequestError(f"{where}: {geom.geom_type} geometries are not supported")
+        raise InvalidArgumentError(f"{where}: {geom.geom_type} geometries are not supported")
     return geom
 
 
@@ -135,11 +135,11 @@ def to_geometries(value: Any, where: str = "geometries") -> list[BaseGeometry]:
             or pa.types.is_large_binary(value.type)
             or pa.types.is_binary_view(value.type)
         ):
-            raise InvalidRequestError(
+            raise InvalidArgumentError(
                 f"{where}: Arrow geometries must be WKB (binary or geoarrow.wkb), got {value.type}"
             )
         if value.null_count:
-            raise InvalidRequestError(f"{where}: the geometry array holds nulls")
+            raise InvalidArgumentError(f"{where}: the geometry array holds nulls")
         return [_one(v, f"{where}[{i}]") for i, v in enumerate(value.to_pylist())]
     if isinstance(value, Mapping) and value.get("type") == "FeatureCollection":
         feats = value.get("features") or []
@@ -155,6 +155,6 @@ def to_geometries(value: Any, where: str = "geometries") -> list[BaseGeometry]:
     if isinstance(value, Sequence | np.ndarray) and not isinstance(value, str):
         out = [_one(v, f"{where}[{i}]") for i, v in enumerate(value)]
         if not out:
-            raise InvalidRequestError(f"{where}: no geometries given")
+            raise InvalidArgumentError(f"{where}: no geometries given")
         return out
-    raise InvalidRequestError(f"{where}: unsupported geometry input {type(value).__name__}")
+    raise InvalidArgumentError(f"{where}: unsupported geometry input {type(value).__name__}")

@@ -9,7 +9,7 @@ from typing import Any, Literal
 import numpy as np
 from shapely.geometry.base import BaseGeometry
 
-from ._errors import InvalidRequestError
+from ._errors import InvalidArgumentError
 from ._geometry import parse_crs, to_geometries
 
 __all__ = ["RESAMPLING", "ChipRequest"]
@@ -22,19 +22,19 @@ def _pair(value: Any, name: str, kind: type) -> tuple[Any, Any] | None:
     if value is None:
         return None
     if isinstance(value, bool):
-        raise InvalidRequestError(f"{name}: expected a number or [y, x] pair, got {value!r}")
+        raise InvalidArgumentError(f"{name}: expected a number or [y, x] pair, got {value!r}")
     if isinstance(value, int | float):
         value = (value, value)
     if not isinstance(value, Sequence) or isinstance(value, str) or len(value) != 2:
-        raise InvalidRequestError(f"{name}: expected a number or a pair, got {value!r}")
+        raise InvalidArgumentError(f"{name}: expected a number or a pair, got {value!r}")
     out = []
     for v in value:
         if isinstance(v, bool) or not isinstance(v, int | float):
-            raise InvalidRequestError(f"{name}: expected numbers, got {value!r}")
+            raise InvalidArgumentError(f"{name}: expected numbers, got {value!r}")
         if kind is int and (float(v) != int(v)):
-            raise InvalidRequestError(f"{name}: expected whole numbers, got {value!r}")
+            raise InvalidArgumentError(f"{name}: expected whole numbers, got {value!r}")
         if not np.isfinite(v) or v <= 0:
-            raise InvalidRequestError(f"{name}: values must be positive, got {value!r}")
+            raise InvalidArgumentError(f"{name}: values must be positive, got {value!r}")
         out.append(kind(v))
     return (out[0], out[1])
 
@@ -44,7 +44,7 @@ class ChipRequest:
     """A validated request for chips from one Collection.
 
     Build one with :meth:`create`, which checks every field and raises
-    :class:`~flight_server.InvalidRequestError` naming the field at fault.
+    :class:`~flight_server.InvalidArgumentError` naming the field at fault.
     """
 
     geometries: tuple[BaseGeometry, ...]
@@ -95,25 +95,25 @@ class ChipRequest:
         """
         geoms = tuple(to_geometries(geometries))
         if not isinstance(geometry_crs, str):
-            raise InvalidRequestError(f"geometry_crs: expected a CRS string, got {geometry_crs!r}")
+            raise InvalidArgumentError(f"geometry_crs: expected a CRS string, got {geometry_crs!r}")
         parse_crs(geometry_crs)
         if crs is not None:
             if not isinstance(crs, str):
-                raise InvalidRequestError(f"crs: expected a CRS string, got {crs!r}")
+                raise InvalidArgumentError(f"crs: expected a CRS string, got {crs!r}")
             parse_crs(crs)
         band_tuple: tuple[str, ...] | None = None
         if bands is not None:
             if isinstance(bands, str) or not isinstance(bands, Sequence) or not bands:
-                raise InvalidRequestError("bands: expected a non-empty list of band names")
+                raise InvalidArgumentError("bands: expected a non-empty list of band names")
             if not all(isinstance(b, str) for b in bands):
-                raise InvalidRequestError(f"bands: expected band names, got {list(bands)!r}")
+                raise InvalidArgumentError(f"bands: expected band names, got {list(bands)!r}")
             if len(set(bands)) != len(bands):
-                raise InvalidRequestError(f"bands: a band is repeated in {list(bands)}")
+                raise InvalidArgumentError(f"bands: a band is repeated in {list(bands)}")
             band_tuple = tuple(bands)
         size = _pair(chip_size, "chip_size", int)
         res = _pair(resolution, "resolution", float)
         if resampling not in RESAMPLING:
-            raise InvalidRequestError(
+            raise InvalidArgumentError(
                 f"resampling: expected one of {', '.join(RESAMPLING)}, got {resampling!r}"
             )
         for name, flag in (
@@ -123,19 +123,19 @@ class ChipRequest:
             ("scale_offset", scale_offset),
         ):
             if not isinstance(flag, bool):
-                raise InvalidRequestError(f"{name}: expected true or false, got {flag!r}")
+                raise InvalidArgumentError(f"{name}: expected true or false, got {flag!r}")
         if dtype is not None:
             try:
                 np_dtype = np.dtype(dtype)
             except TypeError as exc:
-                raise InvalidRequestError(f"dtype: unknown dtype {dtype!r}") from exc
+                raise InvalidArgumentError(f"dtype: unknown dtype {dtype!r}") from exc
             if np_dtype.kind not in "iuf" or np_dtype.itemsize > 8:
-                raise InvalidRequestError(
+                raise InvalidArgumentError(
                     f"dtype: expected an integer or float dtype, got {dtype!r}"
                 )
             dtype = np_dtype.name
         if isinstance(batch_rows, bool) or not isinstance(batch_rows, int) or batch_rows < 1:
-            raise InvalidRequestError(
+            raise InvalidArgumentError(
                 f"batch_rows: expected a positive integer, got {batch_rows!r}"
             )
         if (
@@ -143,9 +143,9 @@ class ChipRequest:
             or not isinstance(columns, Sequence)
             or not all(isinstance(c, str) for c in columns)
         ):
-            raise InvalidRequestError("columns: expected a list of column names")
+            raise InvalidArgumentError("columns: expected a list of column names")
         if on_error not in ("raise", "skip"):
-            raise InvalidRequestError(f"on_error: expected 'raise' or 'skip', got {on_error!r}")
+            raise InvalidArgumentError(f"on_error: expected 'raise' or 'skip', got {on_error!r}")
         row_tuple = None
         if rows is not None:
             row_tuple = tuple(int(r) for r in rows)
@@ -157,10 +157,10 @@ class ChipRequest:
                 or len(shard) != 2
                 or not all(isinstance(v, int) and not isinstance(v, bool) for v in shard)
             ):
-                raise InvalidRequestError(f"shard: expected (index, count), got {shard!r}")
+                raise InvalidArgumentError(f"shard: expected (index, count), got {shard!r}")
             index, count = int(shard[0]), int(shard[1])
             if count < 1 or not 0 <= index < count:
-                raise InvalidRequestError(
+                raise InvalidArgumentError(
                     f"shard: index must be in [0, count) and count >= 1, got {index}/{count}"
                 )
             shard_pair = (index, count)

@@ -17,7 +17,7 @@ from typing import Any
 import obstore
 
 from catalog import (
-    CatalogError,
+    CogflightError,
     Collection,
     StoreOptions,
     StoreRegistry,
@@ -26,19 +26,12 @@ from catalog import (
     translate_storage_error,
 )
 
-from ._errors import EngineError
+from ._errors import CollectionNotFoundError, InvalidArgumentError, UnavailableError
 
 __all__ = ["CollectionNotFoundError", "CollectionRoot"]
 
 logger = logging.getLogger("cogflight.server")
 SUFFIX = ".parquet"
-
-
-class CollectionNotFoundError(EngineError, KeyError):
-    """No Collection of that name is served."""
-
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else ""
 
 
 @dataclass
@@ -62,7 +55,7 @@ class CollectionRoot:
             )
             self._prefix = self._prefix.rsplit("/", 1)[0] if "/" in self._prefix else ""
         elif not Path(self.root).is_dir():
-            raise EngineError(f"root {self.root} is not a directory")
+            raise InvalidArgumentError(f"root {self.root} is not a directory")
 
     def _listing(self) -> dict[str, Any]:
         """``{name: version}`` of every Collection file under the root."""
@@ -85,7 +78,7 @@ class CollectionRoot:
                         continue
                     out[name[: -len(SUFFIX)]] = (meta.get("e_tag"), meta.get("size"))
         except Exception as exc:
-            raise EngineError(
+            raise UnavailableError(
                 f"cannot list root {self.root}: {translate_storage_error(self.root, exc)}"
             ) from exc
         return out
@@ -114,8 +107,8 @@ class CollectionRoot:
         href = self.root.rstrip("/") + "/" + name + SUFFIX
         try:
             collection = load(href, store_options=self.store_options)
-        except CatalogError as exc:
-            raise EngineError(f"Collection {name!r} cannot be loaded: {exc}") from exc
+        except CogflightError as exc:
+            raise UnavailableError(f"Collection {name!r} cannot be loaded: {exc}") from exc
         logger.info("loaded Collection %r (%d scenes) from %s", name, len(collection), href)
         with self._lock:
             self._cache[name] = _Entry(version, collection)

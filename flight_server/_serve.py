@@ -21,7 +21,7 @@ from typing import Any
 from catalog import parse_bytes
 
 from ._engine import ChipEngine
-from ._errors import EngineError
+from ._errors import InvalidArgumentError, UnavailableError
 from ._roots import CollectionRoot
 from ._service import FlightService, load_tokens
 
@@ -62,16 +62,16 @@ def _service(
     config: ServerConfig, port: int, worker: int, locations: Sequence[str] | None
 ) -> FlightService:
     if config.workers > 1 and config.unix_socket:
-        raise EngineError("workers > 1 needs TCP ports, not a unix socket")
+        raise InvalidArgumentError("workers > 1 needs TCP ports, not a unix socket")
     tokens = load_tokens(config.token_file) if config.token_file else None
     tls = None
     if config.tls_cert or config.tls_key:
         if not (config.tls_cert and config.tls_key):
-            raise EngineError("TLS needs both --tls-cert and --tls-key")
+            raise InvalidArgumentError("TLS needs both --tls-cert and --tls-key")
         tls = [(Path(config.tls_cert).read_bytes(), Path(config.tls_key).read_bytes())]
     ca = Path(config.tls_client_ca).read_bytes() if config.tls_client_ca else None
     if ca and not tls:
-        raise EngineError("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key")
+        raise InvalidArgumentError("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key")
     root = CollectionRoot(config.root, store_options=config.store_options)  # type: ignore[arg-type]
     engine = ChipEngine(cache_bytes=config.cache_bytes)
     return FlightService(
@@ -124,7 +124,7 @@ class Server:
             options["cache_bytes"] = parse_bytes(options["cache_bytes"])
         self.config = ServerConfig(root=str(root), **options)
         if self.config.workers < 1:
-            raise EngineError("workers must be >= 1")
+            raise InvalidArgumentError("workers must be >= 1")
         self._service: FlightService | None = None
         self._thread: threading.Thread | None = None
         self._children: list[tuple[mp.process.BaseProcess, Any]] = []
@@ -161,7 +161,7 @@ class Server:
                 proc.start()
                 kind, value = parent.recv()
                 if kind == "error":
-                    raise EngineError(f"worker {w} failed to start: {value}")
+                    raise UnavailableError(f"worker {w} failed to start: {value}")
                 ports.append(int(value))
                 self._children.append((proc, parent))
         except BaseException:

@@ -25,13 +25,14 @@ from typing import Any
 import pyarrow as pa
 from pyarrow import flight
 
-from catalog import CatalogError, Collection, select_rows
+from catalog import Collection, select_rows
+from cogflight_core import CogflightError, status_code, to_flight
 
 from ._engine import ChipEngine
-from ._errors import ChipReadError, EngineError, InvalidRequestError
+from ._errors import ChipReadError, InvalidArgumentError
 from ._query import Query, parse_query
 from ._request import ChipRequest
-from ._roots import CollectionNotFoundError, CollectionRoot
+from ._roots import CollectionRoot
 
 __all__ = ["FlightService", "load_tokens"]
 
@@ -124,20 +125,17 @@ def _alignment_padding(batch: pa.RecordBatch, header_len: int) -> pa.Buffer:
     return pa.py_buffer(bytes(pad))
 
 
-def _to_flight(exc: BaseException) -> Any:
-    """Map an error to the Flight status a client should see."""
+def _to_flight(exc: BaseException) -> BaseException:
+    """The Flight exception a client should see for ``exc`` (the one status table)."""
     if isinstance(exc, flight.FlightError):
-        return exc
-    if isinstance(exc, CollectionNotFoundError):
-        return KeyError(str(exc))  # NOT_FOUND
-    if isinstance(exc, InvalidRequestError | CatalogError) and isinstance(exc, ValueError):
-        return pa.ArrowInvalid(str(exc))  # INVALID_ARGUMENT
+        return exc  # type: ignore[no-any-return]
+    code = status_code(exc)
+    if code == "INTERNAL":
+        logger.error("internal error", exc_info=exc)
+        return to_flight(exc, f"internal error ({type(exc).__name__}); see server logs")
     if isinstance(exc, ChipReadError):
-        return flight.FlightUnavailableError(f"upstream storage: {exc}")
-    if isinstance(exc, EngineError | CatalogError):
-        return flight.FlightUnavailableError(str(exc))
-    logger.error("internal error", exc_info=exc)
-    return flight.FlightInternalError(f"internal error ({type(exc).__name__}); see server logs")
+        return to_flight(exc, f"upstream storage: {exc}")
+    return to_flight(exc)
 
 
 class FlightService(flight.FlightServerBase):  # type: ignore[misc]
@@ -229,7 +227,8 @@ class FlightService(flight.FlightServerBase):  # type: ignore[misc]
         try:
             return self._pool.submit(fn, *args).result()
         except BaseException as exc:
-            self._count("rejected" if isinstance(exc, InvalidRequestError | KeyError) else "errors")
+            rejected = status_code(exc) in ("INVALID_ARGUMENT", "NOT_FOUND")
+            self._count("rejected" if rejected else "errors")
             raise _to_flight(exc) from exc
 
     def _request(
@@ -239,8 +238,8 @@ class FlightService(flight.FlightServerBase):  # type: ignore[misc]
         if query.filter:
             try:
                 rows = [int(r) for r in select_rows(collection.table, **query.filter)]
-            except CatalogError as exc:
-                raise InvalidRequestError(f"filter: {exc}") from exc
+            except CogflightError as exc:
+                raise InvalidArgumentError(f"filter: {exc}") from exc
         return ChipRequest.create(**query.request, rows=rows, shard=shard)
 
     # -- Flight methods -----------------------------------------------------------------------
@@ -280,7 +279,7 @@ class FlightService(flight.FlightServerBase):  # type: ignore[misc]
     ) -> flight.FlightInfo:
         if descriptor.descriptor_type == flight.DescriptorType.PATH:
             if len(descriptor.path) != 1:
-                raise InvalidRequestError("descriptor path: expected [collection name]")
+                raise InvalidArgumentError("descriptor path: expected [collection name]")
             name = descriptor.path[0].decode("utf-8", "replace")
             parse_query({"v": 1, "collection": name, "index": True})  # validates the name
             self._authorize(context, name)
@@ -457,6 +456,6 @@ class FlightService(flight.FlightServerBase):  # type: ignore[misc]
                 "cache_bytes": s.cache.bytes,
                 "cache_entries": s.cache.entries,
             }
-        raise InvalidRequestError(
+        raise InvalidArgumentError(
             f"action: unknown action {kind!r}; available: {', '.join(ACTIONS)}"
         )

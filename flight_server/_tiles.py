@@ -22,7 +22,7 @@ import numpy as np
 import obstore
 
 from catalog import (
-    CatalogError,
+    CogflightError,
     HeaderRecord,
     StoreRegistry,
     is_range_past_end,
@@ -180,7 +180,7 @@ class TileLoader:
         while True:
             try:
                 store, path = registry.resolve(href)
-            except CatalogError as exc:
+            except CogflightError as exc:
                 raise UpstreamError(href, str(exc), (start, end)) from exc
             async with self._semaphore:
                 self.stats.requests += 1

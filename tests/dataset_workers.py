@@ -26,7 +26,7 @@ def forked_child_checks(location: str, queue: Any) -> None:
             out["not_found"] = str(exc)
         try:
             list(client.chips("alpha", geometries=[(0, 0, 1, 1)], bands=["blue"]))
-        except fc.InvalidQueryError as exc:
+        except fc.InvalidArgumentError as exc:
             out["invalid"] = str(exc)
         query = {"geometries": [(500000, 4095000, 505000, 4100000)], "geometry_crs":
                  "EPSG:32633", "chip_size": 64, "batch_rows": 1}

@@ -139,15 +139,15 @@ def test_time_series_samples_collate(server) -> None:
 
 def test_bad_arguments_raise_typed_errors(server) -> None:
     # Checked locally at construction (the main process starts no gRPC)...
-    with pytest.raises(fc.InvalidQueryError, match="chip_size"):
+    with pytest.raises(fc.InvalidArgumentError, match="chip_size"):
         fc.ChipDataset(server.location, "alpha", **{**QUERY, "chip_size": -3})
     # ...or by the server, in the first worker that plans the query.
     ds = fc.ChipDataset(server.location, "alpha", bands=["blue"], **QUERY)
-    with pytest.raises(fc.InvalidQueryError, match="bands: 'blue' not in Collection"):
+    with pytest.raises(fc.InvalidArgumentError, match="bands: 'blue' not in Collection"):
         list(DataLoader(ds, batch_size=4, num_workers=1))
-    with pytest.raises(fc.InvalidQueryError, match="unsigned"):
+    with pytest.raises(fc.InvalidArgumentError, match="unsigned"):
         fc.ChipDataset(server.location, "alpha", unsigned="int32", **QUERY)
-    with pytest.raises(fc.InvalidQueryError, match="shards_per_consumer"):
+    with pytest.raises(fc.InvalidArgumentError, match="shards_per_consumer"):
         fc.ChipDataset(server.location, "alpha", shards_per_consumer=0, **QUERY)
     with pytest.raises(fc.CollectionNotFoundError):
         list(fc.ChipDataset(server.location, "nope", **QUERY))

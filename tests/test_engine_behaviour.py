@@ -23,7 +23,7 @@ from flight_server import (
     ChipReadError,
     ChipRequest,
     DecodeError,
-    InvalidRequestError,
+    InvalidArgumentError,
     LimitExceededError,
     UpstreamError,
 )
@@ -270,7 +270,7 @@ def test_scale_offset_and_dtype(corpus) -> None:
                                               dtype="int32"))
         assert wide.chips.dtype == np.int32
         np.testing.assert_array_equal(wide.chips, raw.chips.astype(np.int32))
-        with pytest.raises(InvalidRequestError, match="dtype: casting uint16 to uint8"):
+        with pytest.raises(InvalidArgumentError, match="dtype: casting uint16 to uint8"):
             e.read(col, ChipRequest.create(geometries=[geom], geometry_crs=h.crs, dtype="uint8"))
 
 
@@ -398,7 +398,7 @@ def test_geometry_inputs(scene, form: str) -> None:
     ],
 )
 def test_invalid_requests(kwargs: dict, match: str) -> None:
-    with pytest.raises(InvalidRequestError, match=match):
+    with pytest.raises(InvalidArgumentError, match=match):
         ChipRequest.create(**kwargs)
 
 
@@ -406,13 +406,13 @@ def test_collection_dependent_validation(scene) -> None:
     _, col = scene
     g = _box(0, 0, 10, 10)
     with ChipEngine(max_chips=2, max_chip_pixels=100 * 100) as e:
-        with pytest.raises(InvalidRequestError, match="bands: 'nir' not in"):
+        with pytest.raises(InvalidArgumentError, match="bands: 'nir' not in"):
             e.read(col, ChipRequest.create(geometries=[g], geometry_crs="EPSG:32633",
                                            bands=["nir"]))
-        with pytest.raises(InvalidRequestError, match="columns"):
+        with pytest.raises(InvalidArgumentError, match="columns"):
             e.read(col, ChipRequest.create(geometries=[g], geometry_crs="EPSG:32633",
                                            columns=["label"]))
-        with pytest.raises(InvalidRequestError, match="resolution"):
+        with pytest.raises(InvalidArgumentError, match="resolution"):
             e.read(col, ChipRequest.create(geometries=[g], geometry_crs="EPSG:32633",
                                            crs="EPSG:4326"))
         with pytest.raises(LimitExceededError, match="3 chips"):

@@ -90,10 +90,10 @@ def test_tls_and_mutual_tls(root: Path, tmp_path: Path) -> None:
 
 
 def test_tls_configuration_errors(root: Path, tmp_path: Path) -> None:
-    from flight_server import EngineError
+    from flight_server import CogflightError
 
     tls = tls_material(tmp_path)
-    with pytest.raises(EngineError, match="both --tls-cert and --tls-key"):
+    with pytest.raises(CogflightError, match="both --tls-cert and --tls-key"):
         Server(str(root / "root"), port=0, tls_cert=str(tls["server_cert"])).start()
-    with pytest.raises(EngineError, match="mutual TLS"):
+    with pytest.raises(CogflightError, match="mutual TLS"):
         Server(str(root / "root"), port=0, tls_client_ca=str(tls["ca_cert"])).start()

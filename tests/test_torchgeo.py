@@ -160,7 +160,7 @@ def test_label_dataset_and_label_field(world) -> None:
         a, b = ref[query], ours[query]
         assert b["mask"].dtype == torch.long and torch.equal(a["mask"], b["mask"])
         assert b["label"] == "north" and "image" not in b
-    with pytest.raises(fc.InvalidQueryError, match="label_field"):
+    with pytest.raises(fc.InvalidArgumentError, match="label_field"):
         fc.FlightGeoDataset(world["client"], "labels", label_field="nope")
 
 
@@ -228,5 +228,5 @@ def test_errors_are_clear(world) -> None:
     ours = fc.FlightGeoDataset(world["client"], "utm")
     with pytest.raises(IndexError, match="not found in index"):
         ours[0:100, 0:100]
-    with pytest.raises(fc.InvalidQueryError, match="no scene matching"):
+    with pytest.raises(fc.InvalidArgumentError, match="no scene matching"):
         fc.FlightGeoDataset(world["client"], "utm", filter={"ids": ["missing"]})

@@ -14,7 +14,8 @@ from typing import Any
 
 from cogflight_core._deprecated import deprecated_attribute
 
-from ._build import build_from_files, build_from_table
+from ._build_files import build_from_files
+from ._build_table import build_from_table
 from ._collection import Collection, load
 from ._errors import (
     AccessDeniedError,

@@ -118,7 +118,7 @@ def _finish(collection: Any, out: str, started: float) -> int:
 
 
 def _cmd_build_files(args: argparse.Namespace) -> int:
-    from ._build import build_from_files
+    from ._build_files import build_from_files
 
     started = time.perf_counter()
     sources: Any = args.files
@@ -144,7 +144,7 @@ def _pairs(items: Sequence[str] | None, what: str) -> dict[str, str]:
 
 
 def _cmd_build_table(args: argparse.Namespace) -> int:
-    from ._build import build_from_table
+    from ._build_table import build_from_table
 
     started = time.perf_counter()
     bands: dict[str, Any] = {}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from ._build import build_from_files
+from ._build_files import build_from_files
 from ._collection import load
 from ._samples import write_sample_scenes
 

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import shapely
 
-from ._build import build_from_table, read_table
+from ._build_table import build_from_table, read_table
 from ._collection import Collection
 from ._errors import DatasetNotFoundError, InvalidArgumentError
 from ._filters import select_rows

@@ -14,17 +14,16 @@ dependency-free: the remote client uses it without the server's packages.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
-import math
 import re
 import typing
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from typing import Annotated, Any, TypedDict
 
+from . import _checks as checks
+from ._checks import GEOMETRY_KINDS, Check
 from ._errors import InvalidArgumentError, LimitExceededError
 
 __all__ = [
@@ -44,9 +43,6 @@ QUERY_VERSION = 1
 MAX_TICKET_BYTES = 32 * 1024 * 1024
 MAX_JSON_DEPTH = 64
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-GEOMETRY_KINDS = ("bbox", "wkb_base64", "geojson")
-
-Check = Callable[[Any, str], Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,190 +61,14 @@ class Field:
     """The JSON key when it differs from the Python name (``geometry_crs``)."""
 
 
-# -- JSON checks ---------------------------------------------------------------------------------
-
-
-def _type_name(value: Any) -> str:
-    return "null" if value is None else type(value).__name__
-
-
-def _expect(value: Any, kinds: type | tuple[type, ...], field: str, what: str) -> Any:
-    allowed = kinds if isinstance(kinds, tuple) else (kinds,)
-    if isinstance(value, bool) and bool not in allowed:
-        raise InvalidArgumentError(f"{field}: expected {what}, got {value!r}")
-    if not isinstance(value, kinds):
-        raise InvalidArgumentError(f"{field}: expected {what}, got {_type_name(value)}")
-    return value
-
-
-def _number(value: Any, field: str, what: str = "a number") -> float | int:
-    _expect(value, (int, float), field, what)
-    if isinstance(value, float) and not math.isfinite(value):
-        raise InvalidArgumentError(f"{field}: expected a finite number, got {value!r}")
-    return value  # type: ignore[no-any-return]
-
-
-def _boolean(value: Any, field: str) -> bool:
-    return _expect(value, bool, field, "true or false")  # type: ignore[no-any-return]
-
-
-def _string(what: str) -> Check:
-    def check(value: Any, field: str) -> str:
-        return _expect(value, str, field, what)  # type: ignore[no-any-return]
-
-    return check
-
-
-def _choice(*options: str) -> Check:
-    def check(value: Any, field: str) -> str:
-        if value not in options or not isinstance(value, str):
-            raise InvalidArgumentError(
-                f"{field}: expected one of {', '.join(map(repr, options))}, got {value!r}"
-            )
-        return str(value)
-
-    return check
-
-
-def _strings(what: str) -> Check:
-    def check(value: Any, field: str) -> list[str]:
-        _expect(value, list, field, f"a list of {what}")
-        for v in value:
-            _expect(v, str, field, f"{what} (strings)")
-        return value  # type: ignore[no-any-return]
-
-    return check
-
-
-def _positive_int(value: Any, field: str) -> int:
-    _expect(value, int, field, "a positive integer")
-    if value < 1:
-        raise InvalidArgumentError(f"{field}: expected a positive integer, got {value}")
-    return value  # type: ignore[no-any-return]
-
-
-def _number_or_pair(order: str, *, whole: bool) -> Check:
-    """A positive number or a pair of them (``whole``: integral values, as pixel counts)."""
-
-    def one(v: Any, field: str, what: str) -> Any:
-        _number(v, field, what)
-        if v <= 0:
-            raise InvalidArgumentError(f"{field}: values must be positive, got {v!r}")
-        if whole and float(v) != int(v):
-            raise InvalidArgumentError(f"{field}: expected whole numbers, got {v!r}")
-        return v
-
-    def check(value: Any, field: str) -> Any:
-        if isinstance(value, list):
-            if len(value) != 2:
-                raise InvalidArgumentError(
-                    f"{field}: expected a number or [{order}], got {len(value)} values"
-                )
-            return [one(v, field, "numbers") for v in value]
-        return one(value, field, f"a number or [{order}]")
-
-    return check
-
-
-def _bbox(value: Any, field: str) -> list[float]:
-    _expect(value, list, field, "[xmin, ymin, xmax, ymax]")
-    if len(value) != 4:
-        raise InvalidArgumentError(f"{field}: expected 4 numbers, got {len(value)}")
-    for v in value:
-        _number(v, field, "numbers")
-    return value  # type: ignore[no-any-return]
-
-
-def _geometries(value: Any, field: str) -> dict[str, Any]:
-    doc = _expect(value, dict, field, 'an object like {"bbox": [...], "crs": "EPSG:4326"}')
-    unknown = sorted(set(doc) - {*GEOMETRY_KINDS, "crs"})
-    if unknown:
-        raise InvalidArgumentError(
-            f"{field}: unknown key {unknown[0]!r}; use one of {', '.join(GEOMETRY_KINDS)} "
-            "and optionally crs"
-        )
-    kinds = [k for k in GEOMETRY_KINDS if k in doc]
-    if len(kinds) != 1:
-        raise InvalidArgumentError(
-            f"{field}: give exactly one of {', '.join(GEOMETRY_KINDS)}, got {kinds or 'none'}"
-        )
-    kind = kinds[0]
-    data = doc[kind]
-    where = f"{field}.{kind}"
-    if kind == "bbox":
-        _expect(data, list, where, "[xmin, ymin, xmax, ymax] or a list of them")
-        boxes = data if data and isinstance(data[0], list) else [data]
-        if not boxes:
-            raise InvalidArgumentError(f"{where}: no boxes given")
-        parsed: Any = [tuple(_bbox(b, f"{where}[{i}]")) for i, b in enumerate(boxes)]
-    elif kind == "wkb_base64":
-        _expect(data, list, where, "a list of base64 strings")
-        parsed = []
-        for i, item in enumerate(data):
-            _expect(item, str, f"{where}[{i}]", "a base64 string")
-            try:
-                parsed.append(base64.b64decode(item, validate=True))
-            except (binascii.Error, ValueError) as exc:
-                raise InvalidArgumentError(f"{where}[{i}]: not valid base64 ({exc})") from exc
-    elif isinstance(data, dict) and data.get("type") == "FeatureCollection":
-        feats: list[Any] = data.get("features")  # type: ignore[assignment]
-        _expect(feats, list, f"{where}.features", "a list of GeoJSON Features")
-        for i, item in enumerate(feats):
-            _expect(item, dict, f"{where}.features[{i}]", "a GeoJSON Feature")
-        parsed = data
-    else:
-        _expect(data, list, where, "a list of GeoJSON geometries or Features")
-        for i, item in enumerate(data):
-            _expect(item, dict, f"{where}[{i}]", "a GeoJSON object")
-        parsed = data
-    return {"geometries": parsed, "geometry_crs": doc.get("crs", "EPSG:4326")}
-
-
-def _date_range(value: Any, field: str) -> Any:
-    if isinstance(value, list):
-        if len(value) != 2:
-            raise InvalidArgumentError(f"{field}: expected [start, end], got {len(value)} values")
-        for v in value:
-            if v is not None:
-                _expect(v, str, field, "ISO 8601 strings or null")
-        return value
-    return _expect(value, str, field, "'start/end' or [start, end]")
-
-
-def _where(value: Any, field: str) -> list[Any]:
-    _expect(value, list, field, "a list of [column, op, value] predicates")
-    for i, pred in enumerate(value):
-        _expect(pred, list, f"{field}[{i}]", "[column, op, value]")
-    return value  # type: ignore[no-any-return]
-
-
 def _filter(value: Any, field: str) -> dict[str, Any]:
-    doc = _expect(value, dict, field, "an object")
+    doc = checks.expect(value, dict, field, "an object")
     unknown = sorted(set(doc) - set(FILTER_FIELDS))
     if unknown:
         raise InvalidArgumentError(
             f"{field}: unknown key {unknown[0]!r}; use {', '.join(sorted(FILTER_FIELDS))}"
         )
     return {k: FILTER_FIELDS[k].check(v, f"{field}.{k}") for k, v in doc.items()}
-
-
-def _shard(value: Any, field: str) -> dict[str, int]:
-    doc = _expect(value, dict, field, 'an object like {"index": 0, "count": 4}')
-    extra = sorted(set(doc) - {"index", "count"})
-    if extra:
-        raise InvalidArgumentError(f"{field}: unknown key {extra[0]!r}")
-    count = _expect(doc.get("count"), int, f"{field}.count", "a positive integer")
-    if count < 1:
-        raise InvalidArgumentError(f"{field}.count: must be >= 1, got {count}")
-    if "index" in doc:
-        idx = _expect(doc["index"], int, f"{field}.index", "an integer")
-        if not 0 <= idx < count:
-            raise InvalidArgumentError(f"{field}.index: must be in [0, {count}), got {idx}")
-    return doc  # type: ignore[no-any-return]
-
-
-def _ignore(value: Any, field: str) -> Any:  # checked with the field it belongs to
-    return value
 
 
 # -- the declaration -------------------------------------------------------------------------------
@@ -258,22 +78,22 @@ FILTER_FIELDS: dict[str, Field] = {
         '`"start/end"` or `[start, end]`',
         "any date",
         "ISO 8601, inclusive; a date covers its whole day; `..` or null is open",
-        _date_range,
+        checks.date_range,
     ),
-    "cloud_cover_lt": Field("number", "any", "`eo:cloud_cover` below this", _number),
+    "cloud_cover_lt": Field("number", "any", "`eo:cloud_cover` below this", checks.number),
     "bbox": Field(
         "`[xmin, ymin, xmax, ymax]`",
         "anywhere",
         "scenes whose footprint intersects it (EPSG:4326)",
-        _bbox,
+        checks.bbox,
     ),
-    "ids": Field("[string]", "every scene", "these scene ids", _strings("scene ids")),
+    "ids": Field("[string]", "every scene", "these scene ids", checks.strings("scene ids")),
     "where": Field(
         "`[[column, op, value], ...]`",
         "none",
         "ops `== != < <= > >= in`, `not in`, `is null`, `is not null`, on any Collection "
         "column; all conditions are ANDed",
-        _where,
+        checks.where,
     ),
 }
 
@@ -294,7 +114,7 @@ class ChipQuery(TypedDict, total=False):
             "`wkb_base64` (list of base64 WKB) or `geojson` (list of geometries or "
             "Features, or a FeatureCollection), plus `crs`. From Python: bbox tuples, "
             "(x, y) points, shapely geometries, WKB or GeoJSON",
-            _geometries,
+            checks.geometries,
         ),
     ]
     geometry_crs: Annotated[
@@ -303,13 +123,13 @@ class ChipQuery(TypedDict, total=False):
             "string",
             "`EPSG:4326`",
             "CRS of the geometries",
-            _ignore,
+            checks.ignore,
             wire="geometries.crs",
         ),
     ]
     bands: Annotated[
         Sequence[str],
-        Field("[string]", "all, in Collection order", "band names", _strings("band names")),
+        Field("[string]", "all, in Collection order", "band names", checks.strings("band names")),
     ]
     filter: Annotated[
         Mapping[str, Any],
@@ -322,7 +142,7 @@ class ChipQuery(TypedDict, total=False):
             "the geometry's window",
             "fixed-size chips centred on each geometry; without it, each chip is the pixel "
             "window covering the geometry's bounds at native resolution",
-            _number_or_pair("h, w", whole=True),
+            checks.number_or_pair("h, w", whole=True),
         ),
     ]
     resolution: Annotated[
@@ -331,7 +151,7 @@ class ChipQuery(TypedDict, total=False):
             "number or `[x, y]`",
             "native",
             "target pixel size, in units of `crs`",
-            _number_or_pair("x, y", whole=False),
+            checks.number_or_pair("x, y", whole=False),
         ),
     ]
     crs: Annotated[
@@ -340,7 +160,7 @@ class ChipQuery(TypedDict, total=False):
             "string",
             "each scene's own",
             "target CRS (then `resolution` defaults to native)",
-            _string("a CRS string such as 'EPSG:32632'"),
+            checks.string("a CRS string such as 'EPSG:32632'"),
         ),
     ]
     resampling: Annotated[
@@ -349,7 +169,7 @@ class ChipQuery(TypedDict, total=False):
             '`"nearest"` or `"bilinear"`',
             '`"nearest"`',
             "when the target grid is not the file's",
-            _choice("nearest", "bilinear"),
+            checks.choice("nearest", "bilinear"),
         ),
     ]
     time_series: Annotated[
@@ -358,7 +178,7 @@ class ChipQuery(TypedDict, total=False):
             "bool",
             "`false`",
             "one chip per geometry, stacking every scene by date",
-            _boolean,
+            checks.boolean,
         ),
     ]
     mask: Annotated[
@@ -367,7 +187,7 @@ class ChipQuery(TypedDict, total=False):
             "bool",
             "`false`",
             "set pixels outside the polygon to the fill and mark them invalid",
-            _boolean,
+            checks.boolean,
         ),
     ]
     all_touched: Annotated[
@@ -376,7 +196,7 @@ class ChipQuery(TypedDict, total=False):
             "bool",
             "`false`",
             "with `mask`: every pixel the polygon touches is inside (GDAL's rule)",
-            _boolean,
+            checks.boolean,
         ),
     ]
     dtype: Annotated[
@@ -385,7 +205,7 @@ class ChipQuery(TypedDict, total=False):
             "string",
             "the bands' common type",
             "output dtype (lossless integer casts or any float)",
-            _string("a dtype name such as 'float32'"),
+            checks.string("a dtype name such as 'float32'"),
         ),
     ]
     scale_offset: Annotated[
@@ -394,12 +214,12 @@ class ChipQuery(TypedDict, total=False):
             "bool",
             "`false`",
             "apply each band's scale/offset (float output, invalid = NaN)",
-            _boolean,
+            checks.boolean,
         ),
     ]
     batch_rows: Annotated[
         int,
-        Field("int", "64", "chips per RecordBatch", _positive_int),
+        Field("int", "64", "chips per RecordBatch", checks.positive_int),
     ]
     columns: Annotated[
         Sequence[str],
@@ -407,7 +227,7 @@ class ChipQuery(TypedDict, total=False):
             "[string]",
             "none",
             "Collection columns to pass through (labels, splits...)",
-            _strings("column names"),
+            checks.strings("column names"),
         ),
     ]
     shard: Annotated[
@@ -417,7 +237,7 @@ class ChipQuery(TypedDict, total=False):
             "the whole query",
             'in `DoGet`: only this part of the chips. In `GetFlightInfo`: `{"count": n}` '
             "asks for n endpoints (default: the server's `--shards`, else one per worker)",
-            _shard,
+            checks.shard,
         ),
     ]
     on_error: Annotated[
@@ -426,7 +246,7 @@ class ChipQuery(TypedDict, total=False):
             '`"raise"` or `"skip"`',
             '`"raise"`',
             "stop at the first chip that cannot be read correctly, or leave it out",
-            _choice("raise", "skip"),
+            checks.choice("raise", "skip"),
         ),
     ]
 
@@ -554,7 +374,7 @@ def check_collection_name(name: Any) -> str:
     """A Collection name: letters, digits, ``.``, ``_``, ``-``; never a path or URL."""
     if name is None:
         raise InvalidArgumentError("collection: missing; name a Collection this server serves")
-    _expect(name, str, "collection", "a Collection name")
+    checks.expect(name, str, "collection", "a Collection name")
     if not _NAME.match(name):
         raise InvalidArgumentError(
             f"collection: {name[:80]!r} is not a Collection name (letters, digits, '.', '_', "
@@ -572,7 +392,7 @@ def parse_query(data: bytes | str | Mapping[str, Any]) -> Query:
     """
     doc = _decode(data)
     if not isinstance(doc, dict):
-        raise InvalidArgumentError(f"ticket: expected a JSON object, got {_type_name(doc)}")
+        raise InvalidArgumentError(f"ticket: expected a JSON object, got {checks.type_name(doc)}")
     keys = wire_keys()
     allowed = {*_TOP_ONLY, *keys}
     unknown = sorted(set(doc) - allowed)
@@ -588,7 +408,7 @@ def parse_query(data: bytes | str | Mapping[str, Any]) -> Query:
             f"v: this server speaks version {QUERY_VERSION}, got {str(doc['v'])[:40]!r}"
         )
     name = check_collection_name(doc.get("collection"))
-    index = _boolean(doc.get("index", False), "index")
+    index = checks.boolean(doc.get("index", False), "index")
     if index:
         chip_keys = sorted(set(doc) - set(_TOP_ONLY))
         if chip_keys:
@@ -609,7 +429,7 @@ def parse_query(data: bytes | str | Mapping[str, Any]) -> Query:
         checked = fields[keys[key]].check(value, key)
         if key == "geometries":
             request.update(checked)
-            _expect(request["geometry_crs"], str, "geometries.crs", "a CRS string")
+            checks.expect(request["geometry_crs"], str, "geometries.crs", "a CRS string")
         elif key == "filter":
             flt = checked
         elif key == "shard":

@@ -52,6 +52,7 @@ from ._status import (
     error_for,
     from_flight,
     status_code,
+    status_table,
     to_flight,
 )
 from ._wire import (
@@ -117,5 +118,6 @@ __all__ = [
     "parse_bytes",
     "parse_query",
     "status_code",
+    "status_table",
     "to_flight",
 ]

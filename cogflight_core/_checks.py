@@ -150,8 +150,6 @@ def geometries(value: Any, field: str) -> dict[str, Any]:
     if kind == "bbox":
         expect(data, list, where, "[xmin, ymin, xmax, ymax] or a list of them")
         boxes = data if data and isinstance(data[0], list) else [data]
-        if not boxes:
-            raise InvalidArgumentError(f"{where}: no boxes given")
         parsed: Any = [tuple(bbox(b, f"{where}[{i}]")) for i, b in enumerate(boxes)]
     elif kind == "wkb_base64":
         expect(data, list, where, "a list of base64 strings")

@@ -36,6 +36,7 @@ __all__ = [
     "error_for",
     "from_flight",
     "status_code",
+    "status_table",
     "to_flight",
 ]
 
@@ -97,7 +98,7 @@ STATUS_TABLE: tuple[Status, ...] = (
         "INTERNAL",
         (ServerError,),
         "FlightInternalError",
-        "a bug (details in the server log only, under the request id the message quotes)",
+        "a bug (details in the server log only)",
     ),
 )
 
@@ -163,3 +164,10 @@ def from_flight(exc: BaseException) -> CogflightError:
         if isinstance(exc, _arrow_class(row.arrow)):
             return row.family[0](message)
     return ServerError(message)
+
+
+def status_table() -> str:
+    """The docs' status-code table (markdown), generated from :data:`STATUS_TABLE`."""
+    rows = ["| code | error class | when |", "|------|-------------|------|"]
+    rows += [f"| `{r.code}` | `{r.family[0].__name__}` | {r.meaning} |" for r in STATUS_TABLE]
+    return "\n".join(rows)

@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+PACKAGES := cogflight_core catalog flight_server flight_client cogflight
 
 .PHONY: demo test lint typecheck check bench bench-quick clean
 
@@ -20,8 +21,8 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check catalog flight_server flight_client tests benchmarks
-	$(BIN)/ruff format --check catalog flight_server flight_client
+	$(BIN)/ruff check $(PACKAGES) tests benchmarks
+	$(BIN)/ruff format --check $(PACKAGES)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

@@ -32,8 +32,8 @@ import numpy as np
 import catalog
 from benchmarks._common import CACHE, RESULTS, write_result
 from flight_server import ChipEngine, ChipRequest
-from flight_server._decode import decode_tile
-from flight_server._plan import Window, tiles_in_window, to_pixels
+from flight_server.engine._decode import decode_tile
+from flight_server.engine._windows import Window, tiles_in_window, to_pixels
 
 SIZE = 5490  # a 20 m Sentinel-2 band; 6 x 6 tiles of 1024 px
 BANDS = ("B04", "B03", "B02", "B08")

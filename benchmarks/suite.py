@@ -302,7 +302,8 @@ def run_decode_limit(spec: dict[str, Any], args: argparse.Namespace) -> dict[str
     from concurrent.futures import ThreadPoolExecutor
 
     import catalog
-    from flight_server import ChipEngine, ChipRequest, _tiles
+    from flight_server import ChipEngine, ChipRequest
+    from flight_server.engine import _tiles
 
     captured: list[tuple[bytes, Any, Any]] = []
     original = _tiles.decode_tile

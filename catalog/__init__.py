@@ -32,8 +32,10 @@ from ._errors import (
     StorageError,
     UnsupportedLayoutError,
 )
+from ._fetch import FetchStats, ObjectChangedError, RangeFetcher, Run, coalesce
 from ._filters import WHERE_OPS, parse_date_range, select_rows
 from ._footprint import geometry_to_crs84
+from ._geometry import GEOMETRY_TYPES, as_geometry, bbox_geometry, to_geometries
 from ._header import COMPRESSIONS, HeaderRecord, ImageRecord, parse_nodata
 from ._proj import crs as cached_crs
 from ._proj import same_crs
@@ -56,6 +58,7 @@ from ._stores import (
 
 __all__ = [
     "COMPRESSIONS",
+    "GEOMETRY_TYPES",
     "SCHEMA_VERSION",
     "WHERE_OPS",
     "AccessDeniedError",
@@ -67,13 +70,17 @@ __all__ = [
     "CollectionError",
     "DatasetEntry",
     "DatasetNotFoundError",
+    "FetchStats",
     "HeaderError",
     "HeaderRecord",
     "ImageRecord",
     "InvalidArgumentError",
+    "ObjectChangedError",
     "ObjectNotFoundError",
     "ObjectReader",
+    "RangeFetcher",
     "RangeReader",
+    "Run",
     "SchemaVersionError",
     "Settings",
     "StacError",
@@ -81,13 +88,16 @@ __all__ = [
     "StoreOptions",
     "StoreRegistry",
     "UnsupportedLayoutError",
+    "as_geometry",
     "asset_column",
+    "bbox_geometry",
     "build",
     "build_from_files",
     "build_from_stac",
     "build_from_table",
     "cached_crs",
     "cached_transformer",
+    "coalesce",
     "default_registry",
     "geometry_to_crs84",
     "get_dataset",
@@ -104,6 +114,7 @@ __all__ = [
     "same_crs",
     "select_rows",
     "settings",
+    "to_geometries",
     "translate_storage_error",
 ]
 

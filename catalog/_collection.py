@@ -219,8 +219,11 @@ class Collection:
             date_range: ``"2024-01-01/2024-06-30"`` or ``(start, end)``, inclusive;
                 dates without a time cover the whole day; ``None``/``".."`` is open.
             cloud_cover_lt: keep scenes whose ``eo:cloud_cover`` is below this.
-            bbox: ``(xmin, ymin, xmax, ymax)`` in ``geometry_crs``; keep intersecting footprints.
-            geometry: shapely geometry, WKB, WKT or GeoJSON in ``geometry_crs``.
+            bbox: ``(xmin, ymin, xmax, ymax)`` in ``geometry_crs``; keep intersecting footprints
+                (a zero-width or zero-height bbox is the line or point it describes).
+            geometry: any form :func:`catalog.to_geometries` reads (shapely, WKB, WKT,
+                GeoJSON, bbox, Arrow WKB, a list of these) in ``geometry_crs``; keep
+                footprints intersecting any of them. The rules are the engine's too.
             geometry_crs: CRS of ``bbox``/``geometry`` (default EPSG:4326).
             where: ``[[column, op, value], ...]`` with ops ``== != < <= > >= in``,
                 ``not in``, ``is null``, ``is not null``.

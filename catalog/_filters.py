@@ -1,15 +1,15 @@
 """Row selection over a Collection table: ids, dates, cloud cover, space, predicates.
 
 Pure functions over Arrow tables; the same rules serve ``Collection.subset``
-and the Flight ticket's ``filter``. Every bad argument raises
-:class:`~catalog.InvalidArgumentError` naming the argument.
+and the Flight ticket's ``filter``. Geometries are read by the one normaliser,
+:func:`catalog.to_geometries` (the engine's ``ChipRequest`` uses it too). Every
+bad argument raises :class:`~catalog.InvalidArgumentError` naming the argument.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -20,8 +20,9 @@ from shapely.geometry.base import BaseGeometry
 
 from ._errors import InvalidArgumentError
 from ._footprint import geometry_to_crs84
+from ._geometry import as_geometry, bbox_geometry
 
-__all__ = ["WHERE_OPS", "as_geometry", "parse_date_range", "select_rows"]
+__all__ = ["WHERE_OPS", "parse_date_range", "select_rows"]
 
 WHERE_OPS = ("==", "!=", "<", "<=", ">", ">=", "in", "not in", "is null", "is not null")
 CLOUD_COVER = "eo:cloud_cover"
@@ -85,38 +86,6 @@ def parse_date_range(
     if start and end and start > end:
         raise InvalidArgumentError(f"{field}: start {start} is after end {end}")
     return start, end
-
-
-def as_geometry(value: object, field: str = "geometry") -> BaseGeometry:
-    """A shapely geometry from shapely, WKB bytes, WKT, a GeoJSON dict or a bbox 4-tuple."""
-    try:
-        if isinstance(value, BaseGeometry):
-            geom = value
-        elif isinstance(value, bytes | bytearray | memoryview):
-            geom = shapely.from_wkb(bytes(value))
-        elif isinstance(value, Mapping):
-            geom = shapely.from_geojson(json.dumps(value))
-        elif isinstance(value, str):
-            geom = shapely.from_wkt(value)
-        elif isinstance(value, Sequence) and len(value) == 4:
-            xmin, ymin, xmax, ymax = (float(v) for v in value)
-            if not (xmin <= xmax and ymin <= ymax):
-                raise InvalidArgumentError(
-                    f"{field}: bbox must be [xmin, ymin, xmax, ymax] with min <= max, got {value}"
-                )
-            geom = shapely.box(xmin, ymin, xmax, ymax)
-        else:
-            raise InvalidArgumentError(
-                f"{field}: expected a shapely geometry, WKB, WKT, GeoJSON or a 4-number bbox, "
-                f"got {type(value).__name__}"
-            )
-    except (shapely.errors.ShapelyError, ValueError, TypeError) as exc:
-        if isinstance(exc, InvalidArgumentError):
-            raise
-        raise InvalidArgumentError(f"{field}: not a valid geometry ({exc})") from exc
-    if geom is None or geom.is_empty:
-        raise InvalidArgumentError(f"{field}: the geometry is empty")
-    return geom
 
 
 def _column(table: pa.Table, name: str, field: str) -> pa.ChunkedArray:
@@ -225,7 +194,7 @@ def select_rows(
             apply(m)
     query: BaseGeometry | None = None
     if bbox is not None:
-        query = as_geometry(list(bbox) if not isinstance(bbox, BaseGeometry) else bbox, "bbox")
+        query = as_geometry(bbox, "bbox") if isinstance(bbox, BaseGeometry) else bbox_geometry(bbox)
     if geometry is not None:
         g = as_geometry(geometry, "geometry")
         query = g if query is None else shapely.intersection(query, g)

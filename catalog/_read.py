@@ -10,9 +10,10 @@ from dataclasses import dataclass
 
 from ._aio import run_sync
 from ._errors import CogflightError, HeaderError, InvalidArgumentError, StorageError
+from ._fetch import ObjectReader, RangeReader
 from ._header import HeaderRecord, header_from_raw
 from ._settings import settings
-from ._stores import ObjectReader, RangeReader, StoreOptions, StoreRegistry, default_registry
+from ._stores import StoreOptions, StoreRegistry, default_registry
 from ._tiff import read_raw_tiff
 
 __all__ = ["HeaderResult", "read_header", "read_header_async", "read_headers_async"]

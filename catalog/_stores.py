@@ -6,32 +6,26 @@ path, creating each store once per (scheme, bucket or host, options) and
 reusing it (and its connection pool) for every later request. Stores are
 dropped after ``fork`` because obstore's runtime is not fork-safe.
 
-Concurrency policy: :meth:`ObjectReader.read_ranges` coalesces nearby ranges
-and issues the resulting requests concurrently; callers bound how many readers
-run at once.
+Concurrency policy: the registry is thread-safe (one lock around its store
+cache). Reading bytes is :mod:`catalog._fetch`'s job (:class:`ObjectReader`,
+re-exported here), which coalesces nearby ranges and issues the resulting
+requests concurrently; callers bound how many readers run at once.
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict
 from urllib.parse import unquote, urlsplit
 
-import obstore
-import obstore.exceptions as obs_exc
 from obstore.store import AzureStore, GCSStore, HTTPStore, LocalStore, S3Store
 
-from ._errors import (
-    AccessDeniedError,
-    InvalidArgumentError,
-    ObjectNotFoundError,
-    StorageError,
-)
+from ._errors import InvalidArgumentError
+from ._fetch import ObjectReader, RangeReader, is_range_past_end, translate_storage_error
 from ._settings import settings
 
 if TYPE_CHECKING:
@@ -42,7 +36,6 @@ __all__ = [
     "RangeReader",
     "StoreOptions",
     "StoreRegistry",
-    "coalesce_ranges",
     "default_registry",
     "is_range_past_end",
     "normalize_href",
@@ -110,104 +103,6 @@ def normalize_href(href: str | os.PathLike[str]) -> str:
             "s3://, gs://, az://, http(s)://"
         )
     return str(Path(href).expanduser().resolve())
-
-
-def coalesce_ranges(
-    ranges: Sequence[tuple[int, int]], gap: int
-) -> list[tuple[int, int, list[int]]]:
-    """Merge ranges closer than ``gap`` bytes; each group lists its members' indices."""
-    order = sorted(range(len(ranges)), key=lambda i: ranges[i])
-    groups: list[tuple[int, int, list[int]]] = []
-    for i in order:
-        start, end = ranges[i]
-        if groups and start <= groups[-1][1] + gap:
-            g_start, g_end, members = groups[-1]
-            groups[-1] = (g_start, max(g_end, end), [*members, i])
-        else:
-            groups.append((start, end, [i]))
-    return groups
-
-
-class RangeReader(Protocol):
-    """Reads byte ranges of one object; all the header parser depends on."""
-
-    @property
-    def href(self) -> str:
-        """The object's href, for error messages."""
-        ...
-
-    async def read_ranges(self, ranges: Sequence[tuple[int, int]]) -> list[bytes | memoryview]:
-        """Return the bytes of each ``[start, end)``; short at end of file, never longer."""
-        ...
-
-
-class ObjectReader:
-    """A :class:`RangeReader` over an obstore store, counting its requests."""
-
-    def __init__(self, store: ObjectStore, path: str, href: str, *, coalesce: int = 64 * 1024):
-        self._store = store
-        self._path = path
-        self._href = href
-        self._coalesce = coalesce
-        self.requests = 0
-        self.bytes_read = 0
-
-    @property
-    def href(self) -> str:
-        """The object's href."""
-        return self._href
-
-    async def read_ranges(self, ranges: Sequence[tuple[int, int]]) -> list[bytes | memoryview]:
-        """Fetch ranges concurrently, one request per coalesced group."""
-        for start, end in ranges:
-            if start < 0 or end <= start:
-                raise InvalidArgumentError(f"invalid byte range [{start}, {end}) for {self._href}")
-        groups = coalesce_ranges(ranges, self._coalesce)
-        self.requests += len(groups)
-        blobs = await asyncio.gather(*(self._get(start, end) for start, end, _ in groups))
-        out: list[bytes | memoryview] = [b""] * len(ranges)
-        for (g_start, _g_end, members), blob in zip(groups, blobs, strict=True):
-            self.bytes_read += len(blob)
-            view = memoryview(blob)
-            for i in members:
-                start, end = ranges[i]
-                out[i] = view[start - g_start : end - g_start]
-        return out
-
-    async def _get(self, start: int, end: int) -> memoryview | bytes:
-        try:
-            return memoryview(
-                await obstore.get_range_async(self._store, self._path, start=start, end=end)
-            )
-        except Exception as exc:
-            if is_range_past_end(exc):
-                return b""
-            raise translate_storage_error(self._href, exc) from exc
-
-
-def is_range_past_end(exc: BaseException) -> bool:
-    """Whether a store refused a range because it starts at or after the end of the object."""
-    if isinstance(exc, obs_exc.NotFoundError | FileNotFoundError):
-        return False
-    text = str(exc)
-    return any(
-        marker in text
-        for marker in ("StartTooLarge", "Range Not Satisfiable", "status: 416", "InvalidRange")
-    )
-
-
-def translate_storage_error(href: str, exc: BaseException) -> StorageError:
-    """Map an obstore/OS error onto the catalog hierarchy, keeping the message short."""
-    first = str(exc).strip().split("\n", 1)[0][:500]
-    if isinstance(exc, obs_exc.NotFoundError | FileNotFoundError):
-        return ObjectNotFoundError(href, "object not found")
-    if isinstance(exc, obs_exc.PermissionDeniedError | obs_exc.UnauthenticatedError):
-        return AccessDeniedError(
-            href,
-            f"access denied ({first}); set credentials in the environment, or pass "
-            "store options such as anonymous=True or requester_pays=True",
-        )
-    return StorageError(href, f"{type(exc).__name__}: {first}")
 
 
 class StoreRegistry:

@@ -21,7 +21,8 @@ codes in both directions: the server raises, the client translates back.
     ├── UnavailableError                       UNAVAILABLE: try again, elsewhere or later
     │   ├── StorageError                       reading an object failed
     │   │   ├── ObjectNotFoundError
-    │   │   └── AccessDeniedError
+    │   │   ├── AccessDeniedError
+    │   │   └── ObjectChangedError             an object no longer holds its indexed bytes
     │   ├── ChipReadError                      a chip could not be produced correctly
     │   │   ├── UpstreamError                  storage failed after the retry budget
     │   │   └── DecodeError                    tile bytes did not decode
@@ -60,6 +61,7 @@ __all__ = [
     "LimitExceededError",
     "MissingDependencyError",
     "NotFoundError",
+    "ObjectChangedError",
     "ObjectNotFoundError",
     "PartialFailureError",
     "PermissionDeniedError",
@@ -140,6 +142,10 @@ class ObjectNotFoundError(StorageError):
 
 class AccessDeniedError(StorageError):
     """The store refused the credentials (or the lack of them)."""
+
+
+class ObjectChangedError(StorageError):
+    """An object no longer holds the bytes its index says it holds (truncated or replaced)."""
 
 
 class ChipReadError(UnavailableError):

@@ -278,7 +278,7 @@ def field_table() -> str:
         "| `v` | `1` | required | contract version |",
         "| `collection` | string | required | a Collection the server serves |",
         "| `index` | bool | `false` | `true`: stream the Collection's index instead of chips "
-        "(no other keys) |",
+        "(no other keys but `filter`, which keeps the rows of the scenes it selects) |",
     ]
     for name, spec in chip_fields().items():
         rows.append(
@@ -409,11 +409,12 @@ def parse_query(data: bytes | str | Mapping[str, Any]) -> Query:
         )
     name = check_collection_name(doc.get("collection"))
     index = checks.boolean(doc.get("index", False), "index")
-    if index:
-        chip_keys = sorted(set(doc) - set(_TOP_ONLY))
+    if index:  # the index rows, of the scenes ``filter`` selects when it is given
+        chip_keys = sorted(set(doc) - {*_TOP_ONLY, "filter"})
         if chip_keys:
             raise InvalidArgumentError(f"{chip_keys[0]}: not allowed with index: true")
-        return Query(name, True, {}, {}, None, None, doc)
+        selected = _filter(doc["filter"], "filter") if "filter" in doc else {}
+        return Query(name, True, selected, {}, None, None, doc)
     if "geometries" not in doc:
         raise InvalidArgumentError(
             'geometries: missing; e.g. {"bbox": [xmin, ymin, xmax, ymax], "crs": "EPSG:4326"}'

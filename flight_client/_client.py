@@ -1,12 +1,16 @@
 """Connecting to a cogflight server, or starting one inside this process.
 
-Remote use needs only pyarrow. ``connect()`` without a location starts the
-Flight service in this process on a local (unix) socket over ``root``, so a
-training job needs no server started by hand; the server package is imported
-only then. A client is thread-safe. gRPC is not fork-safe: after ``fork``
-(DataLoader workers) a client opens a fresh connection on first use, and when
-the parent had already started gRPC, it makes its calls through helper
-processes (see ``_relay``), one per call in progress.
+Remote use needs only pyarrow (and cogflight_core). ``connect()`` without a
+location starts the Flight service in this process on a local (unix) socket
+over ``root``, so a training job needs no server started by hand; the server
+package is imported only then.
+
+A client is thread-safe and pickles as its address. Its calls go through the
+transport of the process it is used in (see ``_transport``), chosen on first
+use there: direct gRPC channels, or, in a process forked after gRPC started (a
+DataLoader worker forked by default on Linux), helper processes (``_relay``).
+A forked child never touches the parent's channels, and never shuts down a
+server the parent started.
 """
 
 from __future__ import annotations
@@ -17,32 +21,23 @@ import os
 import tempfile
 import threading
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
 import pyarrow as pa
 from pyarrow import flight
 
-from cogflight_core import parse_query
+from cogflight_core import ChipQuery
+from cogflight_core._fork import mark_grpc_started
 
-from ._errors import CogflightError, InvalidArgumentError, MissingDependencyError, call, translated
-from ._fork import grpc_inherited, mark_grpc_started
-from ._query import build_query
-from ._relay import Relay
+from ._errors import CogflightError, InvalidArgumentError, MissingDependencyError, UnavailableError
+from ._query import build_index_query, build_query
+from ._transport import DirectTransport, Transport, keep_inherited, open_transport
 
 __all__ = ["Client", "connect"]
 
 logger = logging.getLogger("cogflight.client")
-
-# FlightClients a forked process inherited: freeing them runs gRPC teardown on channels
-# whose threads stayed in the parent, which hangs. They are kept until the process ends.
-_INHERITED: list[Any] = []
-
-
-def _keep_inherited(clients: Mapping[str, Any]) -> None:
-    _INHERITED.extend(clients.values())
 
 
 class Client:
@@ -70,12 +65,10 @@ class Client:
             if v is not None
         }
         self._embedded = embedded
-        self._owner = os.getpid()  # the process that may stop the embedded server
-        self._pid = os.getpid()  # the process whose channels ``_clients`` holds
+        self._owner = os.getpid()  # the process that started the embedded server
         self._lock = threading.Lock()
-        self._clients: dict[str, flight.FlightClient] = {}
-        self._relays: list[Relay] = []  # idle helpers of this process
-        self._relays_pid = os.getpid()
+        self._pid = os.getpid()  # the process ``_current`` belongs to
+        self._current: Transport | None = None
         self._closed = False
 
     # -- connection management ------------------------------------------------------------
@@ -91,70 +84,43 @@ class Client:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state["location"], token=state["token"], **state["tls"])  # type: ignore[misc]
 
-    def _options(self) -> flight.FlightCallOptions:
-        if self._token is None:
-            return flight.FlightCallOptions()
-        return flight.FlightCallOptions(
-            headers=[(b"authorization", f"Bearer {self._token}".encode())]
-        )
+    def _transport(self) -> Transport:
+        """This process's transport, chosen on first use in it."""
+        with self._lock:
+            if self._closed:
+                raise CogflightError("the client is closed")
+            if self._pid != os.getpid():  # forked: what the parent opened stays the parent's
+                if self._current is not None:
+                    keep_inherited(self._current)
+                self._pid, self._current = os.getpid(), None
+            if self._current is None:
+                self._current = open_transport(self.location, self._token, self._tls)
+            return self._current
 
     def connection(self, location: str | None = None) -> flight.FlightClient:
-        """The FlightClient for ``location`` (default: the server's), one per process."""
-        if self._closed:
-            raise CogflightError("the client is closed")
-        where = location or self.location
-        with self._lock:
-            if os.getpid() != self._pid:  # forked: the parent's channels are unusable here
-                _keep_inherited(self._clients)
-                self._clients = {}
-                self._pid = os.getpid()
-            fc = self._clients.get(where)
-            if fc is None:
-                mark_grpc_started()
-                fc = self._clients[where] = call(flight.connect, where, **self._tls)
-            return fc
-
-    def _relayed(self) -> bool:
-        """Whether this process must call through helper processes (gRPC inherited)."""
-        if self._closed:
-            raise CogflightError("the client is closed")
-        return grpc_inherited()
-
-    @contextmanager
-    def _relay(self) -> Iterator[Relay]:
-        """An idle helper for one call (a new one when all are busy, as in nested calls)."""
-        with self._lock:
-            if self._relays_pid != os.getpid():  # a helper belongs to the process that made it
-                self._relays, self._relays_pid = [], os.getpid()
-            relay = self._relays.pop() if self._relays else None
-        if relay is None:
-            relay = Relay(self.location, self._token, self._tls)
-        try:
-            yield relay
-        finally:
-            with self._lock:
-                if self._closed or self._relays_pid != os.getpid():
-                    relay.close()
-                else:
-                    self._relays.append(relay)
+        """This process's pyarrow FlightClient for ``location`` (default: the server's)."""
+        transport = self._transport()
+        if not isinstance(transport, DirectTransport):
+            raise UnavailableError(
+                "this process was forked after gRPC started and cannot hold a FlightClient; "
+                "use the Client's methods (they go through a helper process)"
+            )
+        return transport.connection(location)
 
     def close(self) -> None:
         """Close connections (and stop the embedded server, if this client started one)."""
-        if self._closed:
-            return
-        self._closed = True
         with self._lock:
-            clients, self._clients = self._clients, {}
-            relays = self._relays if self._relays_pid == os.getpid() else []
-            self._relays = []
-        for relay in relays:
-            relay.close()
-        if os.getpid() == self._pid:
-            for fc in clients.values():
-                fc.close()
-        else:  # a parent's channels: closing or freeing them here would hang
-            _keep_inherited(clients)
-        if os.getpid() == self._owner and self._embedded is not None:
+            if self._closed:
+                return
+            self._closed = True
+            transport, self._current = self._current, None
+            mine = self._pid == os.getpid()
+        if transport is not None:
+            if mine:
+                transport.close()
+            else:  # a parent's channels: closing or freeing them here would hang
+                keep_inherited(transport)
+        if self._embedded is not None and os.getpid() == self._owner:
             self._embedded.shutdown()
             self._embedded = None
 
@@ -169,15 +135,8 @@ class Client:
 
     # -- metadata -----------------------------------------------------------------------------
     def _action(self, kind: str, body: bytes = b"") -> Any:
-        if self._relayed():
-            with self._relay() as relay:
-                bodies = relay.action(kind, body)
-            return json.loads(bodies[0]) if bodies else None
-        with translated():
-            results = list(
-                self.connection().do_action(flight.Action(kind, body), options=self._options())
-            )
-        return json.loads(results[0].body.to_pybytes()) if results else None
+        results = self._transport().action(kind, body)
+        return json.loads(results[0]) if results else None
 
     def health(self) -> dict[str, Any]:
         """The server's health document."""
@@ -195,103 +154,62 @@ class Client:
         """One Collection's summary (scenes, bands, CRSs, time span, extent, columns)."""
         return self._action("describe", name.encode())  # type: ignore[no-any-return]
 
-    def index(self, name: str) -> pa.Table:
-        """A Collection's index as an Arrow table (GeoParquet metadata included)."""
-        if self._relayed():
-            with self._relay() as relay:
-                info = relay.flight_info(flight.FlightDescriptor.for_path(name))
-                return relay.read_all(info.endpoints[0].ticket.ticket, None)
-        with translated():
-            fc = self.connection()
-            info = fc.get_flight_info(
-                flight.FlightDescriptor.for_path(name), options=self._options()
+    def index(self, name: str, *, filter: Mapping[str, Any] | None = None) -> pa.Table:
+        """A Collection's index as an Arrow table (GeoParquet metadata included).
+
+        Args:
+            name: the Collection.
+            filter: the wire contract's scene filter (date range, cloud cover, bbox,
+                ids, where): only the rows of the scenes it selects, chosen by the server.
+        """
+        if filter is None:
+            descriptor = flight.FlightDescriptor.for_path(name)
+        else:
+            descriptor = flight.FlightDescriptor.for_command(
+                json.dumps(build_index_query(name, filter))
             )
-            return fc.do_get(info.endpoints[0].ticket, options=self._options()).read_all()
+        transport = self._transport()
+        info = transport.flight_info(descriptor)
+        return transport.read_all(info.endpoints[0].ticket.ticket, None)
 
     # -- chips -----------------------------------------------------------------------------------
-    def query(self, collection: str, **kwargs: Any) -> dict[str, Any]:
-        """The v1 query document for these arguments (see :meth:`chips`).
+    def query(self, collection: str, **fields: Unpack[ChipQuery]) -> dict[str, Any]:
+        """The v1 query document for these fields (see :meth:`chips`), without a call.
 
-        Checked against the wire contract here, without a call; what needs geometry
-        or the Collection (CRSs, band names, columns) is checked by the server.
+        Checked against the wire contract here; what needs geometry or the Collection
+        (CRSs, band names, columns) is checked by the server.
         """
-        doc = build_query(collection, **kwargs)
-        parse_query(doc)
-        return doc
+        return build_query(collection, **fields)
 
     def plan(
-        self, collection: str, *, shards: int | None = None, **kwargs: Any
+        self, collection: str, *, shards: int | None = None, **fields: Unpack[ChipQuery]
     ) -> flight.FlightInfo:
-        """Plan a query: the FlightInfo with its schema and shard endpoints."""
-        doc = build_query(collection, **kwargs)
+        """Plan a query: the FlightInfo with its schema and ``shards`` endpoints."""
+        doc = build_query(collection, **fields)
         if shards is not None:
             if "shard" in doc:
                 raise InvalidArgumentError("give shards= (endpoints to plan) or shard=, not both")
             doc["shard"] = {"count": int(shards)}
         descriptor = flight.FlightDescriptor.for_command(json.dumps(doc))
-        if self._relayed():
-            with self._relay() as relay:
-                return relay.flight_info(descriptor)
-        with translated():
-            return self.connection().get_flight_info(descriptor, options=self._options())
+        return self._transport().flight_info(descriptor)
 
     def read_endpoint(self, endpoint: flight.FlightEndpoint) -> Iterator[pa.RecordBatch]:
         """Stream one endpoint's batches, from its advertised location when it has one."""
         where = endpoint.locations[0].uri.decode() if endpoint.locations else None
         if where and where.startswith("arrow-flight-reuse-connection"):
             where = None
-        yield from self._stream(endpoint.ticket, where)
+        yield from self._transport().stream(endpoint.ticket.ticket, where)
 
-    def _stream(self, ticket: flight.Ticket, where: str | None) -> Iterator[pa.RecordBatch]:
-        if self._relayed():
-            with self._relay() as relay:
-                yield from relay.stream(ticket.ticket, where)
-            return
-        with translated():
-            reader = self.connection(where).do_get(ticket, options=self._options())
-        try:
-            while True:
-                with translated():
-                    try:
-                        chunk = reader.read_chunk()
-                    except StopIteration:
-                        return
-                yield chunk.data
-        finally:
-            reader.cancel()  # stops the server's work when the consumer stops early
-
-    def chips(
-        self,
-        collection: str,
-        *,
-        geometries: Any,
-        geometry_crs: str = "EPSG:4326",
-        bands: Sequence[str] | None = None,
-        filter: Mapping[str, Any] | None = None,
-        chip_size: int | Sequence[int] | None = None,
-        resolution: float | Sequence[float] | None = None,
-        crs: str | None = None,
-        resampling: str | None = None,
-        time_series: bool | None = None,
-        mask: bool | None = None,
-        all_touched: bool | None = None,
-        dtype: str | None = None,
-        scale_offset: bool | None = None,
-        batch_rows: int | None = None,
-        columns: Sequence[str] | None = None,
-        shard: Mapping[str, int] | None = None,
-        on_error: str | None = None,
-    ) -> Iterator[pa.RecordBatch]:
+    def chips(self, collection: str, **fields: Unpack[ChipQuery]) -> Iterator[pa.RecordBatch]:
         """Chips as RecordBatches, streamed as the server produces them.
 
-        Arguments are the wire contract's fields (docs/wire-contract.md);
-        ``geometries`` may be bbox tuples, (x, y) points (with ``chip_size``), shapely
-        geometries, WKB or GeoJSON.
+        The fields are the wire contract's (:class:`cogflight_core.ChipQuery`,
+        docs/wire-contract.md); ``geometries`` may be bbox tuples, (x, y) points (with
+        ``chip_size``), shapely geometries, WKB, GeoJSON, a pyarrow WKB array or numpy
+        arrays of boxes or points.
         """
-        fields = dict(locals())  # exactly the parameters above: build_query's own
-        del fields["self"]
-        doc = build_query(**fields)
-        yield from self._stream(flight.Ticket(json.dumps(doc).encode()), None)
+        ticket = json.dumps(build_query(collection, **fields)).encode()
+        yield from self._transport().stream(ticket, None)
 
 
 def connect(

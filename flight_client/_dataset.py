@@ -3,7 +3,9 @@
 The query is planned into shard endpoints; endpoints are dealt round-robin to
 every consumer (DDP rank x DataLoader worker), after a shuffle that depends only
 on ``seed`` and the epoch, so all consumers agree on the split without talking.
-Connections are opened lazily inside each worker (gRPC is not fork-safe).
+Connections are opened lazily inside each worker: the client pickles as its
+address, and a worker forked after gRPC started calls through helper processes
+(see ``_transport``), so every DataLoader start method works.
 """
 
 from __future__ import annotations
@@ -11,9 +13,11 @@ from __future__ import annotations
 import multiprocessing
 import os
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Unpack
 
 import numpy as np
+
+from cogflight_core import ChipQuery
 
 from ._client import Client, connect
 from ._errors import InvalidArgumentError, MissingDependencyError
@@ -76,6 +80,21 @@ class ChipDataset(IterableDataset[dict[str, Any]]):
 
     Every chip of the query is yielded exactly once per epoch over all DDP ranks and
     DataLoader workers. Each consumer may get a different number of chips.
+
+    Worker processes: with the default ``fork`` start method on Linux, workers forked
+    after this process started gRPC (it planned a query, used the client, or runs an
+    embedded server) make their calls through small helper processes, transparently
+    (counted in ``flight_client.stats()["relayed_requests"]``). To give every worker
+    its own gRPC instead, start them from a clean process::
+
+        DataLoader(ds, batch_size=32, num_workers=4,
+                   multiprocessing_context="forkserver")
+
+    ``forkserver`` (or ``spawn``) workers receive the dataset pickled: the client
+    travels as its address and each worker connects directly. Their start costs an
+    interpreter start-up and the imports once per worker (``persistent_workers=True``
+    pays it once per run); the script's entry point needs the usual
+    ``if __name__ == "__main__":`` guard.
     """
 
     def __init__(
@@ -88,7 +107,7 @@ class ChipDataset(IterableDataset[dict[str, Any]]):
         shards_per_consumer: int = 2,
         batches: bool = False,
         unsigned: str = "keep",
-        **query: Any,
+        **query: Unpack[ChipQuery],
     ) -> None:
         if IterableDataset is object:
             raise MissingDependencyError(
@@ -107,8 +126,8 @@ class ChipDataset(IterableDataset[dict[str, Any]]):
         self.shards_per_consumer = shards_per_consumer
         self.batches = batches
         self.unsigned = unsigned
-        self.query = query
-        self.client.query(collection, **query)  # validate the arguments now
+        self.query: ChipQuery = query
+        self.client.query(collection, **query)  # validate the arguments now, without a call
         # Shared with DataLoader workers (also persistent ones) so set_epoch reaches them.
         self._epoch = multiprocessing.get_context().RawValue("q", 0)
         self._ddp: tuple[int, int] | None = None

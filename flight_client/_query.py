@@ -1,16 +1,40 @@
-"""Building wire-contract v1 queries from Python arguments (no server code needed)."""
+"""Building wire-contract v1 queries from Python arguments (no server code needed).
+
+The arguments are :class:`cogflight_core.ChipQuery`'s fields: :func:`build_query`
+walks that declaration, turns each Python value into its JSON form (tuples and
+numpy values become lists and numbers, ``geometries`` any accepted form, a field
+with a ``wire`` path goes there: ``geometry_crs`` -> ``geometries.crs``), and
+checks the result with :func:`cogflight_core.parse_query`, the server's own
+parser. A new field in the declaration needs no change here unless its Python
+form needs a converter of its own (only ``geometries`` does). Pure functions.
+"""
 
 from __future__ import annotations
 
 import base64
 import json
 import numbers
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Unpack
+
+from cogflight_core import QUERY_VERSION, ChipQuery, Query, chip_fields, parse_query
 
 from ._errors import InvalidArgumentError
 
-__all__ = ["build_query"]
+__all__ = ["build_index_query", "build_query", "geometries_field", "jsonable"]
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` in JSON types: tuples and arrays as lists, numpy scalars as numbers."""
+    if isinstance(value, str | bytes | bool | int | float) or value is None:
+        return value
+    if isinstance(value, Mapping):
+        return {k: jsonable(v) for k, v in value.items()}
+    if hasattr(value, "tolist"):  # numpy arrays and scalars
+        return jsonable(value.tolist())
+    if isinstance(value, Sequence):
+        return [jsonable(v) for v in value]
+    return value  # not JSON: the caller's json.dumps names it
 
 
 def _numbers(value: Any, n: int) -> bool:
@@ -40,32 +64,34 @@ def _wkb(value: Any) -> bytes:
     if isinstance(to_wkb, bytes):
         return to_wkb
     raise InvalidArgumentError(
-        f"geometries: expected bbox tuples, shapely geometries, WKB or GeoJSON, got "
-        f"{type(value).__name__}"
+        f"geometries: expected bbox tuples, (x, y) points, shapely geometries, WKB or "
+        f"GeoJSON, got {type(value).__name__}"
     )
 
 
-def geometries_field(geometries: Any, crs: str) -> dict[str, Any]:
-    """The ``geometries`` object of a query from any accepted Python form."""
+def geometries_field(geometries: Any) -> dict[str, Any]:
+    """The ``geometries`` object of a query from any accepted Python form (without ``crs``).
+
+    Accepted: a bbox tuple or a list of them, (x, y) points, shapely geometries,
+    WKB bytes, GeoJSON (geometries, Features, a FeatureCollection), a pyarrow WKB
+    array, numpy arrays of boxes or points, or the wire object itself.
+    """
     if isinstance(geometries, Mapping):
         if (
             geometries.get("type") in ("FeatureCollection", "Feature")
             or "coordinates" in geometries
         ):
-            return {
-                "geojson": geometries
-                if geometries.get("type") == "FeatureCollection"
-                else [geometries],
-                "crs": crs,
-            }
+            if geometries.get("type") == "FeatureCollection":
+                return {"geojson": jsonable(geometries)}
+            return {"geojson": [jsonable(geometries)]}
         if any(k in geometries for k in ("bbox", "wkb_base64", "geojson")):
-            return {"crs": crs, **geometries}
+            return jsonable(geometries)  # type: ignore[no-any-return]
     if getattr(geometries, "ndim", None) in (1, 2) and hasattr(geometries, "tolist"):
         geometries = geometries.tolist()  # numpy: one box or point, or one per row
     if _is_bbox(geometries):
-        return {"bbox": [float(v) for v in geometries], "crs": crs}
+        return {"bbox": [float(v) for v in geometries]}
     if _numbers(geometries, 2):
-        return {"geojson": [_point(geometries)], "crs": crs}
+        return {"geojson": [_point(geometries)]}
     if hasattr(geometries, "to_pylist") and not isinstance(geometries, Sequence):
         geometries = geometries.to_pylist()  # a pyarrow WKB array
     if isinstance(geometries, Sequence) and not isinstance(geometries, str | bytes):
@@ -73,61 +99,79 @@ def geometries_field(geometries: Any, crs: str) -> dict[str, Any]:
         if not items:
             raise InvalidArgumentError("geometries: no geometries given")
         if all(_is_bbox(g) for g in items):
-            return {"bbox": [[float(v) for v in g] for g in items], "crs": crs}
+            return {"bbox": [[float(v) for v in g] for g in items]}
         if all(_numbers(g, 2) for g in items):  # (x, y) pairs: points, for chip_size chips
-            return {"geojson": [_point(g) for g in items], "crs": crs}
+            return {"geojson": [_point(g) for g in items]}
         if all(isinstance(g, Mapping) for g in items):
-            return {"geojson": list(items), "crs": crs}
-        return {"wkb_base64": [base64.b64encode(_wkb(g)).decode() for g in items], "crs": crs}
-    return {"wkb_base64": [base64.b64encode(_wkb(geometries)).decode()], "crs": crs}
+            return {"geojson": [jsonable(g) for g in items]}
+        return {"wkb_base64": [base64.b64encode(_wkb(g)).decode() for g in items]}
+    return {"wkb_base64": [base64.b64encode(_wkb(geometries)).decode()]}
 
 
-def build_query(
-    collection: str,
-    *,
-    geometries: Any,
-    geometry_crs: str = "EPSG:4326",
-    bands: Sequence[str] | None = None,
-    filter: Mapping[str, Any] | None = None,
-    chip_size: int | Sequence[int] | None = None,
-    resolution: float | Sequence[float] | None = None,
-    crs: str | None = None,
-    resampling: str | None = None,
-    time_series: bool | None = None,
-    mask: bool | None = None,
-    all_touched: bool | None = None,
-    dtype: str | None = None,
-    scale_offset: bool | None = None,
-    batch_rows: int | None = None,
-    columns: Sequence[str] | None = None,
-    shard: Mapping[str, int] | None = None,
-    on_error: str | None = None,
-) -> dict[str, Any]:
-    """A v1 query object; None arguments are left out (the server's defaults apply)."""
-    if not isinstance(collection, str) or not collection:
-        raise InvalidArgumentError("collection: expected a Collection name")
-    doc: dict[str, Any] = {
-        "v": 1,
-        "collection": collection,
-        "geometries": geometries_field(geometries, geometry_crs),
-    }
-    optional = {
-        "bands": list(bands) if bands is not None else None,
-        "filter": dict(filter) if filter else None,
-        "chip_size": list(chip_size) if isinstance(chip_size, Sequence) else chip_size,
-        "resolution": list(resolution) if isinstance(resolution, Sequence) else resolution,
-        "crs": crs,
-        "resampling": resampling,
-        "time_series": time_series,
-        "mask": mask,
-        "all_touched": all_touched,
-        "dtype": dtype,
-        "scale_offset": scale_offset,
-        "batch_rows": batch_rows,
-        "columns": list(columns) if columns else None,
-        "shard": dict(shard) if shard else None,
-        "on_error": on_error,
-    }
-    doc.update({k: v for k, v in optional.items() if v is not None})
-    json.dumps(doc)  # fail here, not on the wire, if something is not JSON
+# Fields whose Python form needs more than :func:`jsonable`.
+_CONVERTERS: dict[str, Callable[[Any], Any]] = {"geometries": geometries_field}
+
+
+def _place(doc: dict[str, Any], path: str, value: Any, name: str) -> None:
+    """Put ``value`` at a dotted wire path (``geometries.crs``)."""
+    *parents, leaf = path.split(".")
+    target = doc
+    for key in parents:
+        target = target.setdefault(key, {})
+    if leaf in target and target[leaf] != value:
+        raise InvalidArgumentError(
+            f"{name}: {value!r} conflicts with {path} {target[leaf]!r}; give one of them"
+        )
+    target[leaf] = value
+
+
+def _parsed(doc: dict[str, Any]) -> Query:
+    """``doc`` as the wire contract's own parser reads its JSON text (or its error)."""
+    try:
+        text = json.dumps(doc)
+    except (TypeError, ValueError) as exc:
+        raise InvalidArgumentError(f"query: a value is not JSON ({exc})") from exc
+    return parse_query(text)
+
+
+def build_query(collection: str, **fields: Unpack[ChipQuery]) -> dict[str, Any]:
+    """A v1 query object for ``collection``; None arguments are left out (server defaults).
+
+    Raises:
+        InvalidArgumentError: an unknown argument, a value of the wrong form, or a
+            query the wire contract refuses (the message names the field).
+    """
+    specs = chip_fields()
+    unknown = sorted(set(fields) - set(specs))
+    if unknown:
+        raise InvalidArgumentError(
+            f"{unknown[0]}: unknown argument; the query's fields are {', '.join(specs)}"
+        )
+    if fields.get("geometries") is None:
+        raise InvalidArgumentError(
+            "geometries: missing; give bbox tuples, (x, y) points, shapely geometries, WKB "
+            "or GeoJSON"
+        )
+    doc: dict[str, Any] = {"v": QUERY_VERSION, "collection": collection}
+    for name, spec in specs.items():  # declaration order: geometries before geometry_crs
+        value = fields.get(name)
+        if value is None:
+            continue
+        wire = _CONVERTERS.get(name, jsonable)(value)
+        if spec.wire is not None:
+            _place(doc, spec.wire, wire, name)
+        else:
+            doc[name] = wire
+    query = _parsed(doc)
+    # Every ticket names its geometries' CRS: the contract's default when none was given.
+    doc["geometries"].setdefault("crs", query.request["geometry_crs"])
+    return doc
+
+
+def build_index_query(collection: str, filter: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A v1 index query: the Collection's index rows, those matching ``filter`` if given."""
+    doc: dict[str, Any] = {"v": QUERY_VERSION, "collection": collection, "index": True}
+    if filter is not None:
+        doc["filter"] = jsonable(filter)
+    _parsed(doc)
     return doc

@@ -1,25 +1,34 @@
-"""A helper process that makes Flight calls for a process that cannot.
+"""Flight calls through helper processes, for a process that cannot use gRPC.
 
-A process forked after gRPC started (a DataLoader worker of a script that used
-the client, or that runs an embedded server) cannot use gRPC. Its client starts
-a fresh interpreter running :func:`main` (so a fresh gRPC),
-sends it one request per line and reads the answers back as frames:
-``tag (1 byte) | length (8 bytes, little endian) | payload``. Record batches
-cross as Arrow IPC messages read into 64-byte aligned buffers, so tensors still
-share memory with what was received. The helper ends when its stdin closes.
+A process forked after gRPC started hangs on its first gRPC call. Its
+:class:`RelayTransport` starts a fresh interpreter running :func:`main` (so a
+fresh gRPC) for each call in progress, reusing idle ones: nested calls (a
+``stats()`` inside a stream) each get their own helper, and never deadlock.
+
+The protocol is two pipes. The caller writes pickles: first ``(location, token,
+tls)``, then one request tuple per call (``("action", kind, body)``,
+``("info", descriptor)``, ``("get", ticket, location)``). The helper answers
+each with frames ``tag (1 byte) | length (8 bytes, little endian) | payload``:
+``D`` data (action bodies; a serialized FlightInfo; a stream's schema, then its
+record batches as Arrow IPC messages), then ``E`` end, or ``X`` an error as JSON
+``{"code", "message"}`` (the status code travels, so the caller raises the same
+class a direct call would). Payloads are read into 64-byte aligned buffers, so
+tensors still share memory with what was received. The helper ends when its
+stdin closes.
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
 import logging
 import os
+import pickle
 import struct
 import subprocess
 import sys
-from collections.abc import Iterator
+import threading
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -29,44 +38,27 @@ from pyarrow import flight
 from cogflight_core import error_for, from_flight, status_code
 
 from ._counters import count
-from ._errors import CogflightError, UnavailableError
+from ._errors import UnavailableError
 
-__all__ = ["Relay"]
+__all__ = ["RelayTransport", "main"]
 
 logger = logging.getLogger("cogflight.client")
 
 _HEADER = struct.Struct("<cQ")
-_RESULT, _INFO, _SCHEMA, _BATCH, _END, _ERROR = b"R", b"I", b"S", b"B", b"E", b"X"
+_DATA, _END, _ERROR = b"D", b"E", b"X"
 
 
-def _b64(data: bytes | None) -> str | None:
-    return base64.b64encode(data).decode() if data is not None else None
+class _Helper:
+    """One helper process, started on first use; one call at a time (not thread-safe)."""
 
-
-def _unb64(text: str | None) -> bytes | None:
-    return base64.b64decode(text) if text is not None else None
-
-
-class Relay:
-    """The calling side: one helper process, started on first use, one call at a time.
-
-    Not thread-safe by itself: the client lends each relay to one call at a time.
-    """
-
-    def __init__(self, location: str, token: str | None, tls: dict[str, bytes]) -> None:
-        self._hello = {
-            "location": location,
-            "token": token,
-            "tls": {k: _b64(v) for k, v in tls.items()},
-        }
+    def __init__(self, hello: tuple[str, str | None, dict[str, bytes]]) -> None:
+        self._hello = hello
         self._proc: subprocess.Popen[bytes] | None = None
 
-    # -- process -------------------------------------------------------------------------
     def _start(self) -> subprocess.Popen[bytes]:
-        if self._proc is not None:
-            if self._proc.poll() is None:
-                return self._proc
-            self._abandon()  # it died on its own: close its pipes before a new one
+        if self._proc is not None and self._proc.poll() is None:
+            return self._proc
+        self.abandon()  # it died on its own: close its pipes before a new one
         env = dict(os.environ)
         here = str(Path(__file__).resolve().parents[1])  # flight_client's parent directory
         env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH")) if p)
@@ -77,8 +69,7 @@ class Relay:
             env=env,
         )
         assert proc.stdin is not None
-        proc.stdin.write(json.dumps(self._hello).encode() + b"\n")
-        proc.stdin.flush()
+        pickle.dump(self._hello, proc.stdin)
         logger.info(
             "process %d was forked after gRPC started: its Flight calls go through helper %d",
             os.getpid(),
@@ -93,7 +84,8 @@ class Relay:
         if proc is None:
             return
         if proc.stdin is not None:
-            proc.stdin.close()
+            with contextlib.suppress(OSError):
+                proc.stdin.close()
         try:
             proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
@@ -102,7 +94,7 @@ class Relay:
         if proc.stdout is not None:
             proc.stdout.close()
 
-    def _abandon(self) -> None:
+    def abandon(self) -> None:
         """Kill the helper mid-answer (the consumer stopped early); the next call restarts it."""
         proc, self._proc = self._proc, None
         if proc is not None:
@@ -110,92 +102,113 @@ class Relay:
             proc.wait()
             for pipe in (proc.stdin, proc.stdout):
                 if pipe is not None:
-                    pipe.close()
-
-    # -- frames --------------------------------------------------------------------------
-    def _send(self, request: dict[str, Any]) -> IO[bytes]:
-        count("relayed_requests")
-        proc = self._start()
-        assert proc.stdin is not None and proc.stdout is not None
-        try:
-            proc.stdin.write(json.dumps(request).encode() + b"\n")
-            proc.stdin.flush()
-        except OSError as exc:
-            self._abandon()
-            raise UnavailableError(f"the Flight helper process ended: {exc}") from exc
-        return proc.stdout
+                    with contextlib.suppress(OSError):
+                        pipe.close()
 
     def _read_exact(self, stream: IO[bytes], view: memoryview) -> None:
         pos = 0
         while pos < len(view):
             n = stream.readinto(view[pos:])  # type: ignore[attr-defined]
             if not n:
-                self._abandon()
+                self.abandon()
                 raise UnavailableError(
                     "the Flight helper process ended unexpectedly (see its log above)"
                 )
             pos += n
 
-    def _frame(self, stream: IO[bytes]) -> tuple[bytes, pa.Buffer]:
-        head = bytearray(_HEADER.size)
-        self._read_exact(stream, memoryview(head))
-        tag, size = _HEADER.unpack(head)
-        payload = pa.allocate_buffer(size)  # 64-byte aligned
-        self._read_exact(stream, memoryview(payload))
-        if tag == _ERROR:
-            error = json.loads(payload.to_pybytes())
-            raise error_for(error["code"], error["message"])
-        return tag, payload
-
-    # -- calls ---------------------------------------------------------------------------
-    def action(self, kind: str, body: bytes) -> list[bytes]:
-        """Bodies of the results of a DoAction."""
-        stream = self._send({"op": "action", "type": kind, "body": _b64(body)})
-        out: list[bytes] = []
-        while True:
-            tag, payload = self._frame(stream)
-            if tag == _END:
-                return out
-            out.append(payload.to_pybytes())
-
-    def flight_info(self, descriptor: flight.FlightDescriptor) -> flight.FlightInfo:
-        """GetFlightInfo."""
-        stream = self._send({"op": "info", "descriptor": _b64(descriptor.serialize())})
-        _, payload = self._frame(stream)
-        info = flight.FlightInfo.deserialize(payload.to_pybytes())
-        self._frame(stream)  # END
-        return info
-
-    def stream(self, ticket: bytes, location: str | None) -> Iterator[pa.RecordBatch]:
-        """DoGet: the batches, each in its own aligned buffer."""
-        for item in self._get(ticket, location):
-            if isinstance(item, pa.RecordBatch):
-                yield item
-
-    def read_all(self, ticket: bytes, location: str | None) -> pa.Table:
-        """DoGet as one table (its schema even when it has no rows)."""
-        items = list(self._get(ticket, location))
-        return pa.Table.from_batches(items[1:], schema=items[0])
-
-    def _get(self, ticket: bytes, location: str | None) -> Iterator[pa.Schema | pa.RecordBatch]:
-        stream = self._send({"op": "get", "ticket": _b64(ticket), "location": location})
+    def call(self, *request: Any) -> Generator[pa.Buffer, None, None]:
+        """Send one request; yield its answer's data payloads (the error frame raises)."""
+        count("relayed_requests")
+        proc = self._start()
+        assert proc.stdin is not None and proc.stdout is not None
+        try:
+            pickle.dump(request, proc.stdin)
+            proc.stdin.flush()
+        except OSError as exc:
+            self.abandon()
+            raise UnavailableError(f"the Flight helper process ended: {exc}") from exc
         done = False
         try:
-            _, payload = self._frame(stream)
-            schema = pa.ipc.read_schema(payload)
-            yield schema
+            head = bytearray(_HEADER.size)
             while True:
-                tag, payload = self._frame(stream)
+                self._read_exact(proc.stdout, memoryview(head))
+                tag, size = _HEADER.unpack(head)
+                payload = pa.allocate_buffer(size)  # 64-byte aligned
+                self._read_exact(proc.stdout, memoryview(payload))
                 if tag == _END:
                     done = True
                     return
-                yield pa.ipc.read_record_batch(payload, schema)
-        except CogflightError:
-            done = True  # an error frame ends the answer: the helper is ready again
-            raise
+                if tag == _ERROR:
+                    done = True  # an error frame ends the answer: the helper is ready again
+                    error = json.loads(payload.to_pybytes())
+                    raise error_for(error["code"], error["message"])
+                yield payload
         finally:
-            if not done:
-                self._abandon()
+            if not done:  # stopped mid-answer: what is left in the pipe is unread
+                self.abandon()
+
+
+class RelayTransport:
+    """The :class:`~._transport.Transport` of a process forked after gRPC started."""
+
+    def __init__(self, location: str, token: str | None, tls: dict[str, bytes]) -> None:
+        self._hello = (location, token, tls)
+        self._lock = threading.Lock()
+        self._idle: list[_Helper] = []
+        self._closed = False
+
+    @contextlib.contextmanager
+    def _helper(self) -> Iterator[_Helper]:
+        """An idle helper for one call (a new one when all are busy, as in nested calls)."""
+        with self._lock:
+            helper = self._idle.pop() if self._idle else _Helper(self._hello)
+        try:
+            yield helper
+        finally:
+            with self._lock:
+                keep = not self._closed
+                if keep:
+                    self._idle.append(helper)
+            if not keep:
+                helper.close()
+
+    def action(self, kind: str, body: bytes) -> list[bytes]:
+        """The result bodies of a ``DoAction``."""
+        with self._helper() as helper:
+            return [p.to_pybytes() for p in helper.call("action", kind, body)]
+
+    def flight_info(self, descriptor: flight.FlightDescriptor) -> flight.FlightInfo:
+        """``GetFlightInfo``."""
+        with self._helper() as helper:
+            (payload,) = list(helper.call("info", descriptor.serialize()))
+        return flight.FlightInfo.deserialize(payload.to_pybytes())
+
+    def stream(self, ticket: bytes, location: str | None) -> Iterator[pa.RecordBatch]:
+        """``DoGet``: the batches, each in its own aligned buffer."""
+        # Closed before the helper goes back to the pool: a stream stopped early kills it.
+        with (
+            self._helper() as helper,
+            contextlib.closing(helper.call("get", ticket, location)) as payloads,
+        ):
+            schema = pa.ipc.read_schema(next(payloads))
+            for payload in payloads:
+                yield pa.ipc.read_record_batch(payload, schema)
+
+    def read_all(self, ticket: bytes, location: str | None) -> pa.Table:
+        """``DoGet`` as one table."""
+        with self._helper() as helper:
+            payloads = list(helper.call("get", ticket, location))
+        schema = pa.ipc.read_schema(payloads[0])
+        batches = [pa.ipc.read_record_batch(p, schema) for p in payloads[1:]]
+        return pa.Table.from_batches(batches, schema=schema)
+
+    def close(self) -> None:
+        """Stop the idle helpers; busy ones stop when their call ends."""
+        with self._lock:
+            self._closed = True
+            helpers, self._idle = self._idle, []
+        for helper in helpers:
+            helper.close()
 
 
 # -- the helper process ----------------------------------------------------------------------
@@ -204,58 +217,59 @@ def _write(out: IO[bytes], tag: bytes, payload: Any = b"") -> None:
     out.write(payload)
 
 
-def _serve(hello: dict[str, Any], requests: IO[bytes], out: IO[bytes]) -> None:
-    tls = {k: _unb64(v) for k, v in hello["tls"].items()}
-    token = hello["token"]
+def _answer(request: tuple[Any, ...], conn: Any, options: Any, out: IO[bytes]) -> None:
+    """Make one call, writing its data frames as they come."""
+    op, *args = request
+    if op == "action":
+        for result in conn(None).do_action(flight.Action(*args), options=options):
+            _write(out, _DATA, result.body)
+    elif op == "info":
+        descriptor = flight.FlightDescriptor.deserialize(args[0])
+        info = conn(None).get_flight_info(descriptor, options=options)
+        _write(out, _DATA, info.serialize())
+    else:  # "get"
+        ticket, location = args
+        reader = conn(location).do_get(flight.Ticket(ticket), options=options)
+        _write(out, _DATA, reader.schema.serialize())
+        out.flush()
+        while True:
+            try:
+                chunk = reader.read_chunk()
+            except StopIteration:
+                break
+            _write(out, _DATA, chunk.data.serialize())
+            out.flush()  # each batch goes on at once, small ones too
+
+
+def main() -> None:
+    """Entry point of the helper process: the hello, then requests until stdin closes."""
+    requests, out = sys.stdin.buffer, sys.stdout.buffer
+    sys.stdout = sys.stderr  # nothing but frames may reach the pipe
+    try:
+        location, token, tls = pickle.load(requests)
+    except EOFError:
+        return
     headers = [(b"authorization", f"Bearer {token}".encode())] if token else []
     options = flight.FlightCallOptions(headers=headers)
     clients: dict[str, flight.FlightClient] = {}
 
-    def conn(location: str | None) -> flight.FlightClient:
-        where = location or hello["location"]
+    def conn(where: str | None) -> flight.FlightClient:
+        where = where or location
         if where not in clients:
             clients[where] = flight.connect(where, **tls)
         return clients[where]
 
-    for line in requests:
-        req = json.loads(line)
-        try:
-            if req["op"] == "action":
-                action = flight.Action(req["type"], _unb64(req["body"]) or b"")
-                for result in conn(None).do_action(action, options=options):
-                    _write(out, _RESULT, result.body)
-            elif req["op"] == "info":
-                desc = flight.FlightDescriptor.deserialize(_unb64(req["descriptor"]))
-                _write(out, _INFO, conn(None).get_flight_info(desc, options=options).serialize())
-            elif req["op"] == "get":
-                reader = conn(req["location"]).do_get(
-                    flight.Ticket(_unb64(req["ticket"])), options=options
-                )
-                _write(out, _SCHEMA, reader.schema.serialize())
-                out.flush()
-                while True:
-                    try:
-                        chunk = reader.read_chunk()
-                    except StopIteration:
-                        break
-                    _write(out, _BATCH, chunk.data.serialize())
-                    out.flush()  # each batch goes on at once, small ones too
-            else:
-                raise CogflightError(f"relay: unknown request {req['op']!r}")
-            _write(out, _END)
-        except Exception as exc:  # every failure goes back to the caller, typed
-            err = from_flight(exc)
-            doc = {"code": status_code(err), "message": str(err)}
-            _write(out, _ERROR, json.dumps(doc).encode())
-        out.flush()
-
-
-def main() -> None:
-    """Entry point of the helper process (reads the hello line, then requests)."""
-    requests, out = sys.stdin.buffer, sys.stdout.buffer
-    sys.stdout = sys.stderr  # nothing but frames may reach the pipe
-    hello = json.loads(requests.readline() or b"{}")
-    if "location" not in hello:
-        return
     with contextlib.suppress(BrokenPipeError, KeyboardInterrupt):  # the caller went away
-        _serve(hello, requests, out)
+        while True:
+            try:
+                request = pickle.load(requests)
+            except EOFError:
+                return
+            try:
+                _answer(request, conn, options, out)
+                _write(out, _END)
+            except Exception as exc:  # every failure goes back to the caller, with its code
+                err = from_flight(exc)
+                doc = {"code": status_code(err), "message": str(err)}
+                _write(out, _ERROR, json.dumps(doc).encode())
+            out.flush()

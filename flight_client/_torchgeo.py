@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from cogflight_core import ChipQuery
+
 from ._client import Client, connect
 from ._errors import InvalidArgumentError, MissingDependencyError
 from ._torch import to_torch
@@ -112,11 +114,7 @@ class FlightGeoDataset(GeoDataset):
         self.transforms = transforms
         self.paths: list[str] = []
 
-        table = self.client.index(collection)
-        if self.filter:
-            from catalog import select_rows  # the filter rules of the server, applied here
-
-            table = table.take(select_rows(table, **self.filter))
+        table = self.client.index(collection, filter=self.filter)  # filtered by the server
         if table.num_rows == 0:
             raise InvalidArgumentError(f"Collection {collection!r} has no scene matching {filter}")
         if label_field is not None and label_field not in table.column_names:
@@ -232,20 +230,19 @@ class FlightGeoDataset(GeoDataset):
         xres = float(x.step if x.step is not None else self.res[0])
         yres = float(y.step if y.step is not None else self.res[1])
         order = list(hits["id"])
-        batches = list(
-            self.client.chips(
-                self.collection,
-                geometries=[(float(x.start), float(y.start), float(x.stop), float(y.stop))],
-                geometry_crs=self._crs_text(),
-                crs=self._crs_text(),
-                resolution=[xres, yres],
-                bands=self.bands,
-                resampling=self.resampling,
-                time_series=self.time_series,
-                filter={"ids": order},
-                batch_rows=max(len(order), 1),
-            )
-        )
+        fields: ChipQuery = {
+            "geometries": [(float(x.start), float(y.start), float(x.stop), float(y.stop))],
+            "geometry_crs": self._crs_text(),
+            "crs": self._crs_text(),
+            "resolution": [xres, yres],
+            "resampling": self.resampling,
+            "time_series": self.time_series,
+            "filter": {"ids": order},
+            "batch_rows": max(len(order), 1),
+        }
+        if self.bands is not None:
+            fields["bands"] = self.bands
+        batches = list(self.client.chips(self.collection, **fields))
         if not batches or sum(b.num_rows for b in batches) == 0:
             raise IndexError(f"query: {query} returned no chips")
         parts = [to_torch(b) for b in batches]

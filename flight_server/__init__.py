@@ -1,7 +1,8 @@
 """flight_server: turns tickets into pixels and streams them.
 
-The chip engine (:class:`ChipEngine`) reads exact chips from a Collection:
-plan (geometry -> window -> tiles -> byte ranges), fetch (obstore, coalesced,
+The chip engine (:class:`ChipEngine`, the sub-package :mod:`flight_server.engine`,
+split by stage) reads exact chips from a Collection: plan (geometry -> window
+-> tiles -> byte ranges), fetch (catalog's range fetcher: coalesced,
 concurrent), decode (imagecodecs in a thread pool, with a shared decoded-tile
 cache), assemble (windows, masks, resampling, time series). It is callable
 in-process and sits under the Flight service.
@@ -11,8 +12,6 @@ from typing import Any
 
 from cogflight_core._deprecated import deprecated_attribute
 
-from ._cache import CacheStats, TileCache
-from ._engine import ChipBatch, ChipEngine, ChipPlan, ChipResult, ChipStream, EngineStats, Grid
 from ._errors import (
     ChipReadError,
     CogflightError,
@@ -25,11 +24,24 @@ from ._errors import (
     UpstreamError,
 )
 from ._query import QUERY_VERSION, Query, parse_query
-from ._request import RESAMPLING, ChipRequest
 from ._roots import CollectionRoot
 from ._serve import Server, ServerConfig, serve
 from ._service import FlightService, load_tokens
-from ._settings import EngineSettings, engine_settings
+from .engine import (
+    RESAMPLING,
+    CacheStats,
+    ChipBatch,
+    ChipEngine,
+    ChipPlan,
+    ChipRequest,
+    ChipResult,
+    ChipStream,
+    EngineSettings,
+    EngineStats,
+    Grid,
+    TileCache,
+    engine_settings,
+)
 
 __all__ = [
     "QUERY_VERSION",

@@ -5,103 +5,240 @@ first in this process); every worker advertises all N locations, so a query's
 shard endpoints spread round-robin over them and a client reading endpoints in
 parallel uses every process (one Python process is bound by its GIL). Workers
 are started with ``spawn``: gRPC and obstore are not fork-safe.
+
+A :class:`ServerConfig` carries the server and engine sections of the one
+configuration model (``cogflight_core.Config``), so every engine limit given to
+:class:`Server` (or to ``cogflight serve``) reaches the :class:`ChipEngine` of
+every worker; what is not given comes from the ``COGFLIGHT_*`` environment.
+A :class:`Server` is driven from one thread (start, then shutdown); the service
+itself serves concurrently.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import multiprocessing as mp
 import signal
+import socket
+import sys
 import threading
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
-from catalog import parse_bytes
+import pyarrow as pa
 
-from ._engine import ChipEngine
+from cogflight_core import CogflightError, EngineSettings, ServerSettings, config, parse_bytes
+from cogflight_core._config import settings_fields, with_updates
+
 from ._errors import InvalidArgumentError, UnavailableError
 from ._roots import CollectionRoot
 from ._service import FlightService, load_tokens
+from .engine import ChipEngine
 
 __all__ = ["Server", "ServerConfig", "serve"]
 
 logger = logging.getLogger("cogflight.server")
 
+_SERVER_FIELDS = frozenset(f.name for f in fields(ServerSettings))
+_ENGINE_FIELDS = frozenset(f.name for f in fields(EngineSettings))
+_BYTE_FIELDS = frozenset(
+    f.name for f, spec in settings_fields(EngineSettings) if spec.parse is parse_bytes
+)
 
-@dataclass
+
 class ServerConfig:
-    """Everything a worker needs to start (picklable, for spawned workers)."""
+    """Everything a worker needs to start (picklable, for spawned workers).
 
-    root: str
-    host: str = "127.0.0.1"
-    port: int = 8815
-    workers: int = 1
-    cache_bytes: int | None = None
-    advertise: list[str] = field(default_factory=list)
-    token_file: str | None = None
-    tls_cert: str | None = None
-    tls_key: str | None = None
-    tls_client_ca: str | None = None
-    shards: int | None = None
-    max_streams: int = 16
-    store_options: dict[str, Any] | None = None
-    unix_socket: str | None = None
+    Args:
+        root: directory or object-store prefix holding ``NAME.parquet`` Collections.
+        server: the server section (default: the environment's).
+        engine: the engine section (default: the environment's).
+        store_options: storage options of the root and the imagery.
+        unix_socket: serve on this local socket instead of TCP (one worker).
+        **settings: fields of either section by name (``port=0``,
+            ``cache_bytes="2GiB"``, ``max_chips=5``); they win over ``server``
+            and ``engine``, and each is checked against its bounds.
+
+    The fields of both sections also read as attributes (``config.port``,
+    ``config.cache_bytes``), as the flat configuration of earlier releases did.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        *,
+        server: ServerSettings | None = None,
+        engine: EngineSettings | None = None,
+        store_options: Mapping[str, Any] | None = None,
+        unix_socket: str | None = None,
+        **settings: Any,
+    ) -> None:
+        unknown = sorted(set(settings) - _SERVER_FIELDS - _ENGINE_FIELDS)
+        if unknown:
+            raise TypeError(f"ServerConfig got unexpected keyword argument(s) {unknown}")
+        for name in _BYTE_FIELDS:  # sizes also as text: "2GiB"
+            if isinstance(settings.get(name), str):
+                settings[name] = parse_bytes(settings[name])
+        if settings.get("advertise") is not None:
+            settings["advertise"] = tuple(settings["advertise"])
+        pick = {"server": _SERVER_FIELDS, "engine": _ENGINE_FIELDS}
+        by_section = {
+            k: {n: v for n, v in settings.items() if n in names} for k, names in pick.items()
+        }
+        self.root = str(root)
+        self.server: ServerSettings = with_updates(
+            server if server is not None else config().server, **by_section["server"]
+        )
+        self.engine: EngineSettings = with_updates(
+            engine if engine is not None else config().engine, **by_section["engine"]
+        )
+        self.store_options = dict(store_options) if store_options else None
+        self.unix_socket = unix_socket
+
+    def __getattr__(self, name: str) -> Any:
+        """The flat names of earlier releases: ``config.port``, ``config.cache_bytes``."""
+        section = (
+            "server" if name in _SERVER_FIELDS else "engine" if name in _ENGINE_FIELDS else None
+        )
+        if section is None or section not in self.__dict__:  # also while unpickling
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        return getattr(self.__dict__[section], name)
+
+    def __repr__(self) -> str:
+        return (
+            f"ServerConfig(root={self.root!r}, server={self.server!r}, engine={self.engine!r}, "
+            f"unix_socket={self.unix_socket!r})"
+        )
 
     def scheme(self) -> str:
-        return "grpc+tls" if self.tls_cert else "grpc"
+        """``grpc+tls`` when a certificate is configured, else ``grpc``."""
+        return "grpc+tls" if self.server.tls_cert else "grpc"
 
     def location(self, port: int) -> str:
+        """Where a worker on ``port`` listens."""
         if self.unix_socket:
             return f"grpc+unix://{self.unix_socket}"
-        return f"{self.scheme()}://{self.host}:{port}"
+        return f"{self.scheme()}://{self.server.host}:{port}"
+
+
+def _engine(settings: EngineSettings) -> ChipEngine:
+    """One engine per worker, given every engine setting by keyword (a missing one fails)."""
+    return ChipEngine(**{f.name: getattr(settings, f.name) for f in fields(settings)})
+
+
+def _read_file(path: str, what: str, flag: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise InvalidArgumentError(
+            f"cannot read the {what} {path} ({exc.strerror or exc}); pass a readable file to {flag}"
+        ) from exc
+
+
+def _tokens(path: str) -> dict[str, frozenset[str] | None]:
+    try:
+        return load_tokens(path)
+    except CogflightError:
+        raise
+    except OSError as exc:
+        raise InvalidArgumentError(
+            f"cannot read the token file {path} ({exc.strerror or exc}); pass a readable "
+            "file to --token-file"
+        ) from exc
+    except ValueError as exc:
+        raise InvalidArgumentError(f"{exc}; fix the token file") from exc
+
+
+def _check_port(host: str, port: int) -> None:
+    """Fail with the port's number before gRPC writes its own bind error to stderr."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except socket.gaierror as exc:
+        raise InvalidArgumentError(
+            f"cannot resolve --host {host!r} ({exc.strerror}); pass an address of this machine"
+        ) from exc
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC binds
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise UnavailableError(
+                    f"port {port} on {host} is already in use; stop what listens there or "
+                    "choose another --port (0: any free port)"
+                ) from exc
+            raise UnavailableError(
+                f"cannot bind {host}:{port} ({exc.strerror or exc}); choose another --port "
+                "or --host"
+            ) from exc
 
 
 def _service(
     config: ServerConfig, port: int, worker: int, locations: Sequence[str] | None
 ) -> FlightService:
-    if config.workers > 1 and config.unix_socket:
+    s = config.server
+    if s.workers > 1 and config.unix_socket:
         raise InvalidArgumentError("workers > 1 needs TCP ports, not a unix socket")
-    tokens = load_tokens(config.token_file) if config.token_file else None
+    tokens = _tokens(s.token_file) if s.token_file else None
     tls = None
-    if config.tls_cert or config.tls_key:
-        if not (config.tls_cert and config.tls_key):
+    if s.tls_cert or s.tls_key:
+        if not (s.tls_cert and s.tls_key):
             raise InvalidArgumentError("TLS needs both --tls-cert and --tls-key")
-        tls = [(Path(config.tls_cert).read_bytes(), Path(config.tls_key).read_bytes())]
-    ca = Path(config.tls_client_ca).read_bytes() if config.tls_client_ca else None
+        cert = _read_file(s.tls_cert, "TLS certificate", "--tls-cert")
+        tls = [(cert, _read_file(s.tls_key, "TLS key", "--tls-key"))]
+    ca = _read_file(s.tls_client_ca, "client CA", "--tls-client-ca") if s.tls_client_ca else None
     if ca and not tls:
         raise InvalidArgumentError("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key")
     root = CollectionRoot(config.root, store_options=config.store_options)  # type: ignore[arg-type]
-    engine = ChipEngine(cache_bytes=config.cache_bytes)
-    return FlightService(
-        config.location(port),
-        root=root,
-        engine=engine,
-        locations=list(config.advertise) or (list(locations) if locations else None),
-        default_shards=config.shards,
-        max_streams=config.max_streams,
-        tokens=tokens,
-        tls_certificates=tls,
-        verify_client=ca is not None,
-        root_certificates=ca,
-        worker=worker,
-    )
+    if not config.unix_socket and port:
+        _check_port(s.host, port)
+    engine = _engine(config.engine)
+    location = config.location(port)
+    try:
+        return FlightService(
+            location,
+            root=root,
+            engine=engine,
+            locations=list(s.advertise) or (list(locations) if locations else None),
+            default_shards=s.shards,
+            max_streams=s.max_streams,
+            tokens=tokens,
+            tls_certificates=tls,
+            verify_client=ca is not None,
+            root_certificates=ca,
+            worker=worker,
+        )
+    except pa.ArrowException as exc:
+        engine.close()
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UnavailableError(
+            f"cannot serve at {location} ({reason}); check --host and --port"
+        ) from exc
 
 
-def _worker_main(config: ServerConfig, worker: int, conn: Any) -> None:
+def _worker_main(config: ServerConfig, worker: int, conn: Any, log_level: int) -> None:
     """Entry point of a spawned worker: bind, report the port, wait for peers, serve."""
     logging.basicConfig(
-        level=logging.INFO, format=f"%(asctime)s %(levelname)s worker{worker} %(name)s: %(message)s"
+        level=log_level, format=f"%(asctime)s %(levelname)s worker{worker} %(name)s: %(message)s"
     )
     try:
-        svc = _service(config, config.port + worker if config.port else 0, worker, None)
+        svc = _service(
+            config, config.server.port + worker if config.server.port else 0, worker, None
+        )
+    except CogflightError as exc:  # the parent reports it; no traceback for a user mistake
+        conn.send(("error", str(exc).splitlines()[0]))
+        sys.exit(2)
     except BaseException as exc:
         conn.send(("error", f"{type(exc).__name__}: {exc}"))
         raise
     conn.send(("port", svc.port))
     locations = conn.recv()
-    if not config.advertise:
+    if not config.server.advertise:
         svc.locations = list(locations)
     # SIGTERM keeps its default action: a worker holds no state worth a graceful exit,
     # and serve() blocks in C++ where a Python handler would never run.
@@ -116,14 +253,14 @@ class Server:
 
     ``Server(root="collections", port=0).start()`` binds free ports; ``location``
     is the first worker's, ``locations`` all of them. ``serve_forever()`` blocks
-    until SIGINT/SIGTERM; ``shutdown()`` stops every worker.
+    until SIGINT/SIGTERM; ``shutdown()`` stops every worker. Keywords are those
+    of :class:`ServerConfig`: ``server=``/``engine=`` sections and any of their
+    fields by name (``workers=2``, ``cache_bytes="2GiB"``, ``max_chips=1000``).
     """
 
     def __init__(self, root: str, **options: Any) -> None:
-        if "cache_bytes" in options and isinstance(options["cache_bytes"], str):
-            options["cache_bytes"] = parse_bytes(options["cache_bytes"])
-        self.config = ServerConfig(root=str(root), **options)
-        if self.config.workers < 1:
+        self.config = ServerConfig(str(root), **options)
+        if self.config.server.workers < 1:
             raise InvalidArgumentError("workers must be >= 1")
         self._service: FlightService | None = None
         self._thread: threading.Thread | None = None
@@ -145,30 +282,35 @@ class Server:
     def start(self) -> Server:
         """Bind every worker and start serving in background threads/processes."""
         cfg = self.config
-        svc = _service(cfg, cfg.port, 0, None)
+        svc = _service(cfg, cfg.server.port, 0, None)
         self._service = svc
         ports = [svc.port]
         ctx = mp.get_context("spawn")
+        level = logging.getLogger("cogflight.server").getEffectiveLevel()
         try:
-            for w in range(1, cfg.workers):
+            for w in range(1, cfg.server.workers):
                 parent, child = ctx.Pipe()
                 proc = ctx.Process(
                     target=_worker_main,
-                    args=(cfg, w, child),
+                    args=(cfg, w, child, level),
                     daemon=True,
                     name=f"cogflight-worker-{w}",
                 )
                 proc.start()
-                kind, value = parent.recv()
+                self._children.append((proc, parent))
+                try:
+                    kind, value = parent.recv()
+                except EOFError:
+                    proc.join(timeout=10)
+                    kind, value = "error", f"it exited with code {proc.exitcode}"
                 if kind == "error":
                     raise UnavailableError(f"worker {w} failed to start: {value}")
                 ports.append(int(value))
-                self._children.append((proc, parent))
         except BaseException:
             self.shutdown()
             raise
         self.locations = [cfg.location(p) for p in ports]
-        if not cfg.advertise:
+        if not cfg.server.advertise:
             svc.locations = list(self.locations)
         for _, conn in self._children:
             conn.send(self.locations)
@@ -178,8 +320,8 @@ class Server:
             "serving %s at %s (%d worker%s)",
             cfg.root,
             ", ".join(self.locations),
-            cfg.workers,
-            "s" if cfg.workers > 1 else "",
+            cfg.server.workers,
+            "s" if cfg.server.workers > 1 else "",
         )
         return self
 
@@ -220,9 +362,8 @@ class Server:
 def serve(root: str, *, block: bool = True, **options: Any) -> Server:
     """Serve every Collection under ``root``; blocks until interrupted unless ``block=False``.
 
-    Options: ``host``, ``port``, ``workers``, ``cache_bytes``, ``advertise``,
-    ``token_file``, ``tls_cert``, ``tls_key``, ``tls_client_ca``, ``shards``,
-    ``max_streams``, ``store_options``, ``unix_socket`` (see :class:`ServerConfig`).
+    Options: those of :class:`ServerConfig` (``server=``, ``engine=``, any field of
+    either section by name, ``store_options``, ``unix_socket``).
     """
     server = Server(root, **options).start()
     if block:
@@ -232,4 +373,9 @@ def serve(root: str, *, block: bool = True, **options: Any) -> Server:
 
 def config_dict(config: ServerConfig) -> dict[str, Any]:
     """The configuration as JSON-able data (for logs)."""
-    return {k: v for k, v in asdict(config).items() if k not in ("store_options",)}
+    return {
+        "root": config.root,
+        "server": asdict(config.server),
+        "engine": asdict(config.engine),
+        "unix_socket": config.unix_socket,
+    }

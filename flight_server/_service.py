@@ -27,12 +27,12 @@ from pyarrow import flight
 
 from catalog import Collection, select_rows
 from cogflight_core import CogflightError, status_code, to_flight
+from cogflight_core._fork import mark_grpc_started
 
-from ._engine import ChipEngine
 from ._errors import ChipReadError, InvalidArgumentError
 from ._query import Query, parse_query
-from ._request import ChipRequest
 from ._roots import CollectionRoot
+from .engine import ChipEngine, ChipRequest
 
 __all__ = ["FlightService", "load_tokens"]
 
@@ -138,6 +138,14 @@ def _to_flight(exc: BaseException) -> BaseException:
     return to_flight(exc)
 
 
+def _rows(collection: Collection, flt: Mapping[str, Any]) -> list[int]:
+    """The index rows of the scenes a query's ``filter`` selects."""
+    try:
+        return [int(r) for r in select_rows(collection.table, **flt)]
+    except CogflightError as exc:
+        raise InvalidArgumentError(f"filter: {exc}") from exc
+
+
 class FlightService(flight.FlightServerBase):  # type: ignore[misc]
     """Serves every Collection under ``root`` (see ``docs/wire-contract.md``).
 
@@ -170,6 +178,7 @@ class FlightService(flight.FlightServerBase):  # type: ignore[misc]
     ) -> None:
         middleware = {"auth": _AuthFactory(tokens)} if tokens else None
         certs = [flight.CertKeyPair(c, k) for c, k in (tls_certificates or [])]
+        mark_grpc_started()  # a process forked from here on cannot use gRPC
         super().__init__(
             location,
             middleware=middleware,
@@ -234,12 +243,7 @@ class FlightService(flight.FlightServerBase):  # type: ignore[misc]
     def _request(
         self, collection: Collection, query: Query, shard: tuple[int, int] | None
     ) -> ChipRequest:
-        rows = None
-        if query.filter:
-            try:
-                rows = [int(r) for r in select_rows(collection.table, **query.filter)]
-            except CogflightError as exc:
-                raise InvalidArgumentError(f"filter: {exc}") from exc
+        rows = _rows(collection, query.filter) if query.filter else None
         return ChipRequest.create(**query.request, rows=rows, shard=shard)
 
     # -- Flight methods -----------------------------------------------------------------------
@@ -256,15 +260,19 @@ class FlightService(flight.FlightServerBase):  # type: ignore[misc]
 
         yield from self._guard(infos)
 
-    def _index_info(self, name: str) -> flight.FlightInfo:
+    def _index_info(self, name: str, flt: Mapping[str, Any] | None = None) -> flight.FlightInfo:
         collection = self.root.get(name)
-        ticket = json.dumps({"v": 1, "collection": name, "index": True}).encode()
-        endpoint = flight.FlightEndpoint(ticket, [self.location])
+        doc: dict[str, Any] = {"v": 1, "collection": name, "index": True}
+        records = len(collection)
+        if flt:  # only the rows of the scenes the filter selects
+            doc["filter"] = dict(flt)
+            records = len(_rows(collection, flt))
+        endpoint = flight.FlightEndpoint(json.dumps(doc).encode(), [self.location])
         return flight.FlightInfo(
             collection.table.schema,
             flight.FlightDescriptor.for_path(name),
             [endpoint],
-            len(collection),
+            records,
             -1,
         )
 
@@ -288,7 +296,7 @@ class FlightService(flight.FlightServerBase):  # type: ignore[misc]
         self._authorize(context, query.collection)
         collection = self.root.get(query.collection)
         if query.index:
-            return self._index_info(query.collection)
+            return self._index_info(query.collection, query.filter)
         plan = self.engine.plan(collection, self._request(collection, query, query.shard))
         if query.shard is not None:
             shards = [query.shard]
@@ -329,7 +337,10 @@ class FlightService(flight.FlightServerBase):  # type: ignore[misc]
         self._authorize(context, query.collection)
         collection = self.root.get(query.collection)
         if query.index:
-            return flight.RecordBatchStream(collection.table)
+            table = collection.table
+            if query.filter:
+                table = table.take(pa.array(_rows(collection, query.filter), pa.int64()))
+            return flight.RecordBatchStream(table)
         request = self._request(collection, query, query.shard)
         with self._lock:
             if self._active >= self._max_streams:

@@ -14,10 +14,12 @@ def chip_key(sample_id: str, geometry_index: int) -> str:
 def forked_child_checks(location: str, queue: Any) -> None:
     """In a child forked after gRPC started: every call works, through the helper."""
     import flight_client as fc
+    from cogflight_core._fork import grpc_inherited
 
-    out: dict[str, Any] = {"inherited": fc._fork.grpc_inherited()}
+    out: dict[str, Any] = {"inherited": grpc_inherited()}
     try:
         client = fc.connect(location)
+        out["transport"] = type(client._transport()).__name__  # chosen once, for this process
         out["collections"] = [c["name"] for c in client.collections()]
         out["index_rows"] = client.index("alpha").num_rows
         try:
@@ -42,6 +44,19 @@ def forked_child_checks(location: str, queue: Any) -> None:
     except Exception as exc:  # report, do not hang the parent
         out["error"] = repr(exc)
     queue.put(out)
+
+
+def direct_worker(worker_id: int) -> None:
+    """``worker_init_fn`` of forkserver workers: a fresh gRPC, so direct calls."""
+    from torch.utils.data import get_worker_info
+
+    from cogflight_core._fork import grpc_inherited
+    from flight_client._transport import DirectTransport
+
+    info = get_worker_info()
+    assert info is not None and info.id == worker_id
+    assert not grpc_inherited(), "a forkserver worker inherits no gRPC"
+    assert isinstance(info.dataset.client._transport(), DirectTransport)
 
 
 def inherited_client_checks(client: Any, queue: Any) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -11,11 +12,26 @@ from pathlib import Path
 
 import pytest
 
-from catalog._cli import build_parser, main
+import cogflight
 from catalog._samples import synthetic_scene, write_cog
+from cogflight._cli import build_parser, main
 
 COMMANDS = [[], ["build"], ["build", "files"], ["build", "table"], ["build", "stac"],
-            ["build", "dataset"], ["datasets"], ["info"], ["demo"]]
+            ["build", "dataset"], ["datasets"], ["info"], ["demo"], ["serve"], ["preview"]]
+
+
+def _parsers(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()):
+    """Every parser of the command line with its command path."""
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                yield from _parsers(child, (*path, name))
+
+
+def test_commands_cover_the_parser() -> None:
+    assert sorted(" ".join(p) for p, _ in _parsers(build_parser())) == sorted(
+        " ".join(c) for c in COMMANDS)
 
 
 @pytest.mark.parametrize("argv", COMMANDS, ids=lambda a: " ".join(a) or "cogflight")
@@ -25,11 +41,33 @@ def test_every_command_has_help(argv: list[str], capsys: pytest.CaptureFixture[s
     assert info.value.code == 0
     out = capsys.readouterr().out
     assert out.startswith("usage: cogflight")
+    assert "%%" not in out and "%(" not in out
+
+
+def test_every_option_has_help() -> None:
+    missing = [f"{' '.join(path) or 'cogflight'} {'/'.join(a.option_strings) or a.dest}"
+               for path, parser in _parsers(build_parser()) for a in parser._actions
+               if not isinstance(a, argparse._SubParsersAction) and not a.help]
+    assert not missing
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"cogflight {cogflight.__version__}"
+    assert re.fullmatch(r"\d+\.\d+\.\d+.*", cogflight.__version__)
+
+
+def test_python_dash_m_runs_the_cli() -> None:
+    proc = subprocess.run([sys.executable, "-m", "cogflight", "--version"], capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert proc.returncode == 0 and proc.stdout.startswith("cogflight "), proc.stderr
 
 
 def test_parser_lists_all_commands() -> None:
     text = build_parser().format_help()
-    for cmd in ("build", "datasets", "info", "demo"):
+    for cmd in ("build", "datasets", "info", "demo", "serve", "preview"):
         assert cmd in text
 
 

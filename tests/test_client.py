@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pyarrow as pa
 import pytest
 import torch
 from affine import Affine
+from pyarrow import flight
 
 import catalog
 import flight_client as fc
@@ -44,6 +46,26 @@ def test_remote_client_metadata(remote, root: Path) -> None:
         assert len(info.endpoints) == 3
         batches = [b for ep in info.endpoints for b in client.read_endpoint(ep)]
         assert sum(b.num_rows for b in batches) == info.total_records == 4
+
+
+def test_index_filtered_by_the_server(remote, root: Path) -> None:
+    client = fc.connect(remote.location)
+    full = catalog.load(root / "alpha.parquet").table
+    some = client.index("alpha", filter={"ids": ("s1", "s3")})
+    assert some.equals(full.take([1, 3])) and some.schema.metadata == full.schema.metadata
+    later = client.index("alpha", filter={"date_range": ["2024-03-01", None]})
+    assert later.column("id").to_pylist() == ["s2", "s3"]
+    none = client.index("alpha", filter={"ids": ["missing"]})
+    assert none.num_rows == 0 and none.schema.equals(full.schema)
+    with pytest.raises(fc.InvalidArgumentError, match="filter: unknown key"):
+        client.index("alpha", filter={"cloud": 1})
+    with pytest.raises(fc.CollectionNotFoundError):
+        client.index("gamma", filter={"ids": ["s1"]})
+    raw = flight.connect(remote.location)  # the wire form: the count is the selection's
+    query = {"v": 1, "collection": "alpha", "index": True, "filter": {"ids": ["s0"]}}
+    info = raw.get_flight_info(flight.FlightDescriptor.for_command(json.dumps(query)))
+    assert info.total_records == 1
+    assert raw.do_get(info.endpoints[0].ticket).read_all().num_rows == 1
 
 
 def test_embedded_mode(root: Path, tmp_path: Path) -> None:
@@ -299,7 +321,7 @@ def test_random_points_and_grid(root: Path) -> None:
 def test_preview_cli(root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import imagecodecs
 
-    from catalog._cli import main
+    from cogflight._cli import main
 
     out = tmp_path / "sheet.png"
     code = main(["-q", "preview", "alpha", "--root", str(root), "--bbox",

@@ -18,6 +18,7 @@ from flight_server import Server
 from tests.dataset_workers import (
     chip_key,
     ddp_rank,
+    direct_worker,
     forked_child_checks,
     inherited_client_checks,
 )
@@ -153,6 +154,16 @@ def test_bad_arguments_raise_typed_errors(server) -> None:
         list(fc.ChipDataset(server.location, "nope", **QUERY))
 
 
+def test_forkserver_workers_connect_directly(server, reference) -> None:
+    """The documented alternative to relaying: workers started from a clean process."""
+    client = fc.connect(server.location)
+    assert client.health()["status"] == "ok"  # gRPC runs here before the workers start
+    ds = fc.ChipDataset(client, "alpha", shuffle=True, seed=3, **QUERY)
+    loader = DataLoader(ds, batch_size=16, num_workers=2, multiprocessing_context="forkserver",
+                        worker_init_fn=direct_worker)
+    _assert_exactly_once(_keys(loader), reference)
+
+
 def test_forked_child_reaches_server_through_helper(server) -> None:
     import multiprocessing
 
@@ -169,6 +180,7 @@ def test_forked_child_reaches_server_through_helper(server) -> None:
     assert out["invalid"].startswith("bands: 'blue' not in Collection")
     assert out["rows"] == 4 and out["zero_copy"]
     assert out["relayed"] == 7
+    assert out["transport"] == "RelayTransport"
 
 
 def test_parent_client_in_a_forked_child(server) -> None:
@@ -191,7 +203,7 @@ def test_parent_client_in_a_forked_child(server) -> None:
 FORK_SCRIPT = """
 import json, multiprocessing, sys
 import flight_client as fc
-from flight_client._fork import grpc_inherited
+from cogflight_core._fork import grpc_inherited
 
 def child(location, q):
     c = fc.connect(location)

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from flight_server._pool import PRIORITY, PriorityExecutor
+from flight_server.engine._pool import PRIORITY, PriorityExecutor
 
 
 def test_runs_lowest_priority_first_fifo_within() -> None:

@@ -14,7 +14,7 @@ import math
 import numpy as np
 from shapely.geometry.base import BaseGeometry
 
-from ._plan import GeoTransform, to_pixels
+from ._windows import GeoTransform, to_pixels
 
 __all__ = ["rasterize_polygon"]
 

@@ -15,9 +15,9 @@ import imagecodecs
 import numpy as np
 
 from catalog import HeaderRecord, ImageRecord
+from cogflight_core import DecodeError
 
-from ._errors import DecodeError
-from ._plan import TileRef
+from ._windows import TileRef
 
 __all__ = ["decode_mask_tile", "decode_tile"]
 

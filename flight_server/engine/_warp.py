@@ -9,24 +9,38 @@ interpolates the four surrounding pixel centres, renormalising over valid
 neighbours (GDAL widens the kernel when downsampling; cogflight reads the
 matching overview instead, so the two agree when upsampling or at the same
 resolution and differ slightly when downsampling).
+
+Warp planning sits here too: :func:`aligned_window` says when a grid is a
+file's own (or an overview's) so no resampling is needed, and :func:`warp_plan`
+works out, once per grid and file layout, which level and window to read and
+where each target pixel comes from. Pure numpy and pyproj, no I/O; called from
+the decode pool.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
-from catalog import same_crs
+from catalog import HeaderRecord, same_crs
 
 from ._geometry import transform_points
-from ._plan import GeoTransform
+from ._types import Grid
+from ._windows import GeoTransform, Window, choose_level
 
 __all__ = [
+    "NearestIndex",
+    "WarpPlan",
+    "aligned_window",
     "nearest_index",
+    "needed_window",
     "sample_bilinear",
     "source_coordinates",
+    "source_pixel_size",
     "take_nearest",
+    "warp_plan",
 ]
 
 
@@ -248,3 +262,77 @@ def sample_bilinear(
         res = np.clip(np.rint(res), info.min, info.max)
     out = np.where(valid, res, fill).astype(src.dtype)
     return out, valid
+
+
+# -- warp planning ---------------------------------------------------------------------------
+
+
+def aligned_window(gt: GeoTransform, grid: Grid) -> Window | None:
+    """The window of a level (geotransform ``gt``) matching the grid exactly, or None.
+
+    Same pixel size, no rotation, and an offset of whole pixels (within 1e-6):
+    then the grid's pixels are the file's and a direct window read is exact.
+    """
+    x0, dx, rx, y0, ry, dy = grid.transform
+    if rx or ry or gt[2] or gt[4]:
+        return None
+    if not (math.isclose(dx, gt[1], rel_tol=1e-9) and math.isclose(dy, gt[5], rel_tol=1e-9)):
+        return None
+    col = (x0 - gt[0]) / gt[1]
+    row = (y0 - gt[3]) / gt[5]
+    if abs(col - round(col)) > 1e-6 or abs(row - round(row)) > 1e-6:
+        return None
+    return Window(round(col), round(row), grid.width, grid.height)
+
+
+def source_pixel_size(sx: np.ndarray, sy: np.ndarray, header: HeaderRecord) -> tuple[float, float]:
+    """Source pixels per target pixel, in source units, measured at the grid centre."""
+    h, w = sx.shape
+    if h < 2 or w < 2:
+        return (abs(header.geotransform[1]), abs(header.geotransform[5]))
+    r, c = h // 2, w // 2
+    step_x = math.hypot(sx[r, c] - sx[r, c - 1], sy[r, c] - sy[r, c - 1])
+    step_y = math.hypot(sx[r, c] - sx[r - 1, c], sy[r, c] - sy[r - 1, c])
+    if not (math.isfinite(step_x) and math.isfinite(step_y)):
+        return (abs(header.geotransform[1]), abs(header.geotransform[5]))
+    return (step_x * abs(header.geotransform[1]), step_y * abs(header.geotransform[5]))
+
+
+@dataclass(frozen=True, slots=True)
+class WarpPlan:
+    """Where a grid's pixels come from in one file layout.
+
+    ``sx``/``sy`` are source pixel coordinates (of ``level``) of every target pixel
+    centre; ``need`` is the source window ``(col0, row0, col1, row1)`` to read (None:
+    the grid misses the raster); ``index`` is the nearest-neighbour index into that
+    window (None for bilinear).
+    """
+
+    sx: np.ndarray
+    sy: np.ndarray
+    level: int
+    need: tuple[int, int, int, int] | None
+    index: NearestIndex | None
+
+
+def warp_plan(grid: Grid, header: HeaderRecord, resampling: str) -> WarpPlan:
+    """Plan resampling a file onto ``grid``: coordinates, overview level, window, index.
+
+    Depends only on the grids (CRS, geotransform, level sizes), so the files of a
+    scene that share a grid share the plan.
+    """
+    sx, sy = source_coordinates(
+        grid.transform, grid.height, grid.width, grid.crs, header.geotransform, header.crs
+    )
+    level = choose_level(header, *source_pixel_size(sx, sy, header))
+    img = header.levels[level]
+    if level:
+        fx, fy = img.width / header.width, img.height / header.height
+        sx, sy = sx * fx, sy * fy
+    bilinear = resampling == "bilinear"
+    need = needed_window(sx, sy, img.width, img.height, 1 if bilinear else 0)
+    index = None
+    if need is not None and not bilinear:
+        c0, r0, c1, r1 = need
+        index = nearest_index(sx, sy, c0, r0, r1 - r0, c1 - c0)
+    return WarpPlan(sx, sy, level, need, index)

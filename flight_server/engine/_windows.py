@@ -1,4 +1,4 @@
-"""Pure planning: geometry -> pixel window -> tiles -> byte ranges. No I/O.
+"""Window and tile maths: geometry -> pixel window -> tiles -> byte ranges. No I/O.
 
 Pixel arithmetic follows rasterio exactly (``~transform`` then floor/ceil, as
 ``rasterio.features.geometry_window``), so windows agree with GDAL-based

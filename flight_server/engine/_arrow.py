@@ -12,7 +12,7 @@ import pyarrow as pa
 from catalog import Band
 
 if TYPE_CHECKING:
-    from ._engine import ChipBatch
+    from ._types import ChipBatch
 
 __all__ = ["batch_to_arrow", "chip_schema"]
 

@@ -1,0 +1,140 @@
+"""How a process makes its Flight calls: one transport, chosen once per process.
+
+:class:`Transport` is the five calls the client needs. :class:`DirectTransport`
+makes them over this process's own gRPC channels; :class:`~._relay.RelayTransport`
+sends them to helper processes, for a process forked after gRPC started (a
+DataLoader worker of a script that had used the client or runs an embedded
+server), where gRPC would hang. :func:`open_transport` picks one from the
+fact :mod:`cogflight_core._fork` records; a ``Client`` asks for it once per
+process and never branches per call.
+
+Both raise cogflight errors (the status code's class), never pyarrow's. Both
+are thread-safe: the direct one shares its channels, the relay lends each call
+its own helper.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Protocol
+
+import pyarrow as pa
+from pyarrow import flight
+
+from cogflight_core._fork import grpc_inherited, mark_grpc_started
+
+from ._errors import call, translated
+
+__all__ = ["DirectTransport", "Transport", "keep_inherited", "open_transport"]
+
+# Transports a forked process inherited: closing or freeing their gRPC channels runs gRPC
+# teardown on threads that stayed in the parent, which hangs. Kept until the process ends.
+_INHERITED: list[Transport] = []
+
+
+class Transport(Protocol):
+    """The Flight calls of a client; ``location`` None means the client's server."""
+
+    def action(self, kind: str, body: bytes) -> list[bytes]:
+        """The result bodies of a ``DoAction``."""
+        ...
+
+    def flight_info(self, descriptor: flight.FlightDescriptor) -> flight.FlightInfo:
+        """``GetFlightInfo``."""
+        ...
+
+    def stream(self, ticket: bytes, location: str | None) -> Iterator[pa.RecordBatch]:
+        """``DoGet``, batch by batch; closing the iterator early cancels the stream."""
+        ...
+
+    def read_all(self, ticket: bytes, location: str | None) -> pa.Table:
+        """``DoGet`` as one table (with its schema even when it has no rows)."""
+        ...
+
+    def close(self) -> None:
+        """Release channels or helpers (only in the process that opened them)."""
+        ...
+
+
+def open_transport(location: str, token: str | None, tls: dict[str, bytes]) -> Transport:
+    """The transport for a client in this process: relayed when gRPC was inherited."""
+    if grpc_inherited():
+        from ._relay import RelayTransport
+
+        return RelayTransport(location, token, tls)
+    return DirectTransport(location, token, tls)
+
+
+def keep_inherited(transport: Transport) -> None:
+    """Keep a parent's transport alive, unclosed, until this process ends."""
+    _INHERITED.append(transport)
+
+
+class DirectTransport:
+    """Flight calls over this process's gRPC channels, one per location, opened on first use."""
+
+    def __init__(self, location: str, token: str | None, tls: dict[str, bytes]) -> None:
+        self._location = location
+        self._tls = tls
+        self._headers = [(b"authorization", f"Bearer {token}".encode())] if token else []
+        self._lock = threading.Lock()
+        self._clients: dict[str, flight.FlightClient] = {}
+
+    def _options(self) -> flight.FlightCallOptions:
+        return flight.FlightCallOptions(headers=self._headers)
+
+    def connection(self, location: str | None = None) -> flight.FlightClient:
+        """The FlightClient for ``location`` (default: the client's server)."""
+        where = location or self._location
+        with self._lock:
+            fc = self._clients.get(where)
+            if fc is None:
+                mark_grpc_started()
+                fc = self._clients[where] = call(flight.connect, where, **self._tls)
+            return fc
+
+    def action(self, kind: str, body: bytes) -> list[bytes]:
+        """The result bodies of a ``DoAction``."""
+        with translated():
+            results = self.connection().do_action(
+                flight.Action(kind, body), options=self._options()
+            )
+            return [r.body.to_pybytes() for r in results]
+
+    def flight_info(self, descriptor: flight.FlightDescriptor) -> flight.FlightInfo:
+        """``GetFlightInfo``."""
+        with translated():
+            return self.connection().get_flight_info(descriptor, options=self._options())
+
+    def stream(self, ticket: bytes, location: str | None) -> Iterator[pa.RecordBatch]:
+        """``DoGet``, batch by batch; closing the iterator early cancels the stream."""
+        with translated():
+            reader = self.connection(location).do_get(
+                flight.Ticket(ticket), options=self._options()
+            )
+        try:
+            while True:
+                with translated():
+                    try:
+                        chunk = reader.read_chunk()
+                    except StopIteration:
+                        return
+                yield chunk.data
+        finally:
+            reader.cancel()  # stops the server's work when the consumer stops early
+
+    def read_all(self, ticket: bytes, location: str | None) -> pa.Table:
+        """``DoGet`` as one table."""
+        with translated():
+            reader = self.connection(location).do_get(
+                flight.Ticket(ticket), options=self._options()
+            )
+            return reader.read_all()
+
+    def close(self) -> None:
+        """Close every channel."""
+        with self._lock:
+            clients, self._clients = self._clients, {}
+        for fc in clients.values():
+            fc.close()

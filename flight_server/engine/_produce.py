@@ -1,0 +1,166 @@
+"""Batch scheduling: renders a plan's chips batch by batch, delivering them in order.
+
+About two batches of chips are in flight at once so decoding never waits at a
+batch boundary; chips render straight into their batch's buffer, and batches
+are delivered strictly in order into a bounded queue (the stream's prefetch),
+so the producer runs at most that far ahead of its consumer. Each batch's
+tasks carry a batch number (:data:`~._pool.PRIORITY`): the decode pool works
+for the oldest batch first, so batch 1 never waits for batch 2's tiles.
+
+What goes into the queue: a :class:`Delivery` per batch (its chips and the
+chips skipped under ``on_error="skip"``), then ``None`` at the end, or the
+exception that stopped production. The producer knows nothing of the stream
+reading the queue.
+
+Concurrency policy: runs on the engine loop; cancelling the producer task
+cancels every chip task of the batches it holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextvars
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from cogflight_core import ChipReadError, CogflightError
+
+from ._assemble import batch_buffers
+from ._columns import MetaRows, meta_columns
+from ._pool import PRIORITY
+from ._render import Render
+from ._types import Chip, ChipBatch, ChipPlan
+
+__all__ = ["Delivery", "produce"]
+
+logger = logging.getLogger("cogflight.server")
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One batch's outcome: its chips (None when every chip was skipped), and the skipped."""
+
+    batch: ChipBatch | None
+    skipped: tuple[ChipReadError, ...] = ()
+
+
+@dataclass
+class _Pending:
+    chips: list[Chip]
+    data: np.ndarray
+    valid: np.ndarray
+    tasks: list[asyncio.Task[None]]
+
+    def cancel(self) -> None:
+        for task in self.tasks:
+            if task.done() and not task.cancelled():
+                task.exception()  # already settled: retrieve so it is not logged
+            else:
+                task.cancel()
+
+
+async def produce(
+    render: Render,
+    plan: ChipPlan,
+    queue: asyncio.Queue[Any],
+    *,
+    batch_numbers: Iterator[int],
+    delivered: Callable[[int], None],
+) -> None:
+    """Render every chip of ``plan`` and put its batches into ``queue``, in order.
+
+    ``batch_numbers`` gives each batch its decode priority (shared by every stream of
+    an engine, so older batches go first); ``delivered`` counts the chips delivered.
+    """
+    await _Producer(render, plan, queue, batch_numbers, delivered).run()
+
+
+@dataclass
+class _Producer:
+    render: Render
+    plan: ChipPlan
+    queue: asyncio.Queue[Any]
+    batch_numbers: Iterator[int]
+    delivered: Callable[[int], None]
+
+    async def run(self) -> None:
+        plan, render = self.plan, self.render
+        pending: collections.deque[_Pending] = collections.deque()
+        try:
+            chips = list(plan.items)
+            logger.info(
+                "collection %r: %d chips of %s, bands %s",
+                plan.collection,
+                len(chips),
+                plan.shape,
+                ",".join(b.name for b in plan.bands),
+            )
+            columns = meta_columns(render.collection, render.request.columns)
+            rows = MetaRows(render.collection, columns, plan.steps)
+            size = render.request.batch_rows
+            for first in range(0, len(chips), size):
+                pending.append(self._start(chips[first : first + size]))
+                if len(pending) >= 2:
+                    await self._deliver(pending.popleft(), rows)
+            while pending:
+                await self._deliver(pending.popleft(), rows)
+            await self.queue.put(None)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            if not isinstance(exc, CogflightError):
+                logger.exception("chip production failed")
+            await self.queue.put(exc)
+        finally:
+            for batch in pending:
+                batch.cancel()
+
+    def _start(self, part: list[Chip]) -> _Pending:
+        """Start rendering one batch's chips into a fresh buffer, at the next priority."""
+        plan, render = self.plan, self.render
+        steps = plan.steps
+        lead = (len(part), steps) if steps else (len(part),)
+        data, valid = batch_buffers(lead, plan.grid_shape, plan.dtype, render.fills)
+        context = contextvars.copy_context()
+        context.run(PRIORITY.set, next(self.batch_numbers))
+        loop = asyncio.get_running_loop()
+        tasks = [
+            loop.create_task(render.chip(c, data[k], valid[k]), context=context)
+            for k, c in enumerate(part)
+        ]
+        return _Pending(part, data, valid, tasks)
+
+    async def _deliver(self, batch: _Pending, rows: MetaRows) -> None:
+        """Wait for one batch's chips, then queue it (without the chips skipped)."""
+        keep = np.ones(len(batch.chips), dtype=bool)
+        skipped: list[ChipReadError] = []
+        try:
+            for k, task in enumerate(batch.tasks):
+                try:
+                    await task
+                except ChipReadError as err:
+                    if self.render.request.on_error == "raise":
+                        raise
+                    skipped.append(err)
+                    keep[k] = False
+                    logger.warning("skipped chip %d: %s", batch.chips[k].index, err)
+        except BaseException:
+            batch.cancel()
+            raise
+        if not keep.any():
+            await self.queue.put(Delivery(None, tuple(skipped)))
+            return
+        plan = self.plan
+        kept = [c for c, ok in zip(batch.chips, keep, strict=True) if ok]
+        data = batch.data if keep.all() else batch.data[keep]
+        valid = batch.valid if keep.all() else batch.valid[keep]
+        loop = asyncio.get_running_loop()
+        meta = await loop.run_in_executor(self.render.executor, rows.table, kept, plan.grid_shape)
+        self.delivered(len(kept))
+        chips = ChipBatch(data, valid, meta, plan.bands, time_series=plan.time_series)
+        await self.queue.put(Delivery(chips, tuple(skipped)))

@@ -27,7 +27,7 @@ import numpy as np
 
 import catalog
 from benchmarks._common import CACHE, RESULTS, write_result
-from tests.servers import RangeServer
+from tests.support.servers import RangeServer
 
 
 def sentinel2_like(path: Path) -> None:
@@ -100,7 +100,7 @@ def gdal_open(server: RangeServer, names: list[str], threads: int) -> dict:
 
 
 def corpus_requests() -> dict:
-    from tests.corpus import generate
+    from tests.support.corpus import generate
 
     with tempfile.TemporaryDirectory() as d:
         cases = generate(Path(d))

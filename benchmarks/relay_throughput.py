@@ -45,7 +45,7 @@ def main() -> int:
 
     import catalog
     import flight_client as fc
-    from catalog._samples import write_sample_scenes
+    from catalog.testing import write_sample_scenes
 
     work = Path(tempfile.mkdtemp(prefix="cogflight-relay-"))
     scenes = write_sample_scenes(work / "data")

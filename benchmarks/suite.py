@@ -409,7 +409,7 @@ def orchestrate(args: argparse.Namespace) -> int:
     import catalog
     from benchmarks import _s2
     from benchmarks._common import RESULTS, write_result
-    from tests.servers import RangeServer
+    from tests.support.servers import RangeServer
 
     size = args.tile_px or (5490 if args.quick else 10980)
     served, scenes = _s2.prepare(size)

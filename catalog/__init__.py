@@ -12,12 +12,7 @@ Collection with :func:`load`.
 
 from typing import Any
 
-from cogflight_core._deprecated import deprecated_attribute
-
-from ._build_files import build_from_files
-from ._build_table import build_from_table
-from ._collection import Collection, load
-from ._errors import (
+from cogflight_core import (
     AccessDeniedError,
     BuildError,
     BuildFailure,
@@ -32,8 +27,14 @@ from ._errors import (
     StorageError,
     UnsupportedLayoutError,
 )
+from cogflight_core._deprecated import deprecated_attribute
+
+from ._build import BuildOptions
+from ._build_files import build_from_files
+from ._build_table import build_from_table
+from ._collection import Collection, load
 from ._fetch import FetchStats, ObjectChangedError, RangeFetcher, Run, coalesce
-from ._filters import WHERE_OPS, parse_date_range, select_rows
+from ._filters import WHERE_OPS, SceneFilter, parse_date_range, select_rows
 from ._footprint import geometry_to_crs84
 from ._geometry import GEOMETRY_TYPES, as_geometry, bbox_geometry, to_geometries
 from ._header import COMPRESSIONS, HeaderRecord, ImageRecord, parse_nodata
@@ -65,6 +66,7 @@ __all__ = [
     "Band",
     "BuildError",
     "BuildFailure",
+    "BuildOptions",
     "CogflightError",
     "Collection",
     "CollectionError",
@@ -81,6 +83,7 @@ __all__ = [
     "RangeFetcher",
     "RangeReader",
     "Run",
+    "SceneFilter",
     "SchemaVersionError",
     "Settings",
     "StacError",

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
-from collections.abc import Coroutine
-from typing import Any, TypeVar
+from collections.abc import Callable, Coroutine
+from typing import Any, ParamSpec, TypeVar
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
-__all__ = ["run_sync"]
+__all__ = ["run_sync", "synchronous"]
 
 
 def run_sync(coro: Coroutine[Any, Any, T]) -> T:
@@ -37,3 +39,17 @@ def run_sync(coro: Coroutine[Any, Any, T]) -> T:
     if error:
         raise error[0]
     return result[0]
+
+
+def synchronous(fn: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, T]:
+    """The blocking twin of a coroutine function: same arguments, run with :func:`run_sync`.
+
+    Sync/async pairs keep identical signatures (as obstore's do) without writing them twice.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        return run_sync(fn(*args, **kwargs))
+
+    wrapper.__doc__ = f"Synchronous :func:`{fn.__name__}` (same arguments)."
+    return wrapper

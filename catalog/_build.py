@@ -11,22 +11,23 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import version
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 import pyarrow as pa
 import shapely
 from shapely.geometry.base import BaseGeometry
 
-from ._aio import run_sync
+from cogflight_core import BuildError, BuildFailure, CogflightError, InvalidArgumentError
+
+from ._aio import synchronous
 from ._collection import Collection
-from ._errors import BuildError, BuildFailure, CogflightError, InvalidArgumentError
+from ._dates import to_utc
 from ._footprint import bounds_footprint
 from ._header import HeaderRecord
 from ._read import HeaderResult, read_headers_async
@@ -45,17 +46,32 @@ from ._stores import PERSISTED_OPTION_KEYS, StoreOptions, StoreRegistry
 
 __all__ = [
     "BandSpec",
+    "BuildOptions",
     "DatetimeArg",
     "SceneSpec",
     "assemble",
     "assemble_async",
     "build_failure",
     "href_sample",
+    "rewrite_href",
     "to_utc",
 ]
 
 logger = logging.getLogger("cogflight.catalog")
 DatetimeArg = dt.datetime | dt.date | str | Mapping[str, Any] | Callable[[str], Any] | None
+
+
+class BuildOptions(TypedDict, total=False):
+    """How every builder reads headers and treats failures (keyword arguments of each)."""
+
+    concurrency: int | None
+    """Headers read at once (default ``COGFLIGHT_HEADER_CONCURRENCY``)."""
+    read_ahead: int | None
+    """Bytes of the first header request (default ``COGFLIGHT_READ_AHEAD``)."""
+    progress: bool | None
+    """Show a progress bar (default: when stderr is a terminal)."""
+    strict: bool
+    """Raise :class:`~cogflight_core.BuildError` if any scene fails instead of reporting it."""
 
 
 @dataclass
@@ -94,37 +110,6 @@ class _Progress:
                 self.bar.set_postfix(failed=self.failed, refresh=False)
 
 
-def to_utc(value: Any, field_name: str = "datetime") -> dt.datetime | None:
-    """A timezone-aware UTC datetime from a datetime, date, ISO string, year or None."""
-    if value is None:
-        return None
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dt.datetime):
-        out = value
-    elif isinstance(value, dt.date):
-        out = dt.datetime(value.year, value.month, value.day)
-    elif isinstance(value, int | np.integer) and not isinstance(value, bool) and 0 < value < 10000:
-        out = dt.datetime(int(value), 1, 1)
-    elif isinstance(value, str):
-        text = value.strip().replace("Z", "+00:00")
-        try:
-            out = (
-                dt.datetime(int(text), 1, 1)
-                if text.isdigit() and len(text) == 4
-                else dt.datetime.fromisoformat(text)
-            )
-        except ValueError as exc:
-            raise InvalidArgumentError(
-                f"{field_name}: cannot read {value!r} as a date/time (use ISO 8601)"
-            ) from exc
-    else:
-        raise InvalidArgumentError(f"{field_name}: expected a date/time, got {value!r}")
-    if out.tzinfo is None:
-        out = out.replace(tzinfo=dt.UTC)
-    return out.astimezone(dt.UTC)
-
-
 def build_failure(scene_id: str | None, href: str | None, exc: CogflightError) -> BuildFailure:
     reason = getattr(exc, "reason", None) or str(exc)
     return BuildFailure(scene_id, href, type(exc).__name__, reason)
@@ -156,42 +141,6 @@ def _resolve_bands(
     return out
 
 
-def assemble(
-    scenes: Sequence[SceneSpec],
-    *,
-    name: str,
-    bands: Sequence[BandSpec] = (),
-    auto_bands: Mapping[str, Callable[[int], list[str]]] | None = None,
-    passthrough: pa.Table | None = None,
-    store_options: StoreOptions | None = None,
-    registry: StoreRegistry | None = None,
-    source: Mapping[str, Any] | None = None,
-    band_info: Mapping[tuple[str, int], Mapping[str, Any]] | None = None,
-    concurrency: int | None = None,
-    read_ahead: int | None = None,
-    progress: bool | None = None,
-    strict: bool = False,
-) -> Collection:
-    """Read every header of ``scenes`` and build the Collection (see module docs)."""
-    return run_sync(
-        assemble_async(
-            scenes,
-            name=name,
-            bands=bands,
-            auto_bands=auto_bands,
-            passthrough=passthrough,
-            store_options=store_options,
-            registry=registry,
-            source=source,
-            band_info=band_info,
-            concurrency=concurrency,
-            read_ahead=read_ahead,
-            progress=progress,
-            strict=strict,
-        )
-    )
-
-
 async def assemble_async(
     scenes: Sequence[SceneSpec],
     *,
@@ -208,7 +157,7 @@ async def assemble_async(
     progress: bool | None = None,
     strict: bool = False,
 ) -> Collection:
-    """Async :func:`assemble`.
+    """Read every header of ``scenes`` and build the Collection (see module docs).
 
     ``band_info`` maps ``(asset, sample)`` to fallback ``scale``/``offset``/``nodata``/
     ``description`` (e.g. from STAC ``raster:bands``) used where the file's own header
@@ -429,3 +378,14 @@ def href_sample(target: Any, where: str) -> tuple[str, int]:
             raise InvalidArgumentError(f"{where}: sample index must be >= 0")
         return str(target[0]), int(target[1])
     raise InvalidArgumentError(f"{where}: expected an href or (href, sample), got {target!r}")
+
+
+assemble = synchronous(assemble_async)
+
+
+def rewrite_href(href: str, rewrite: Mapping[str, str]) -> str:
+    """``href`` with its first matching prefix replaced (``{"https://host/": "s3://bucket/"}``)."""
+    for prefix, replacement in rewrite.items():
+        if href.startswith(prefix):
+            return replacement + href[len(prefix) :]
+    return href

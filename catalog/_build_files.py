@@ -6,12 +6,13 @@ import datetime as dt
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import PurePosixPath
-from typing import Any
+from typing import Any, Unpack
 from urllib.parse import urlsplit
 
-from ._build import BandSpec, DatetimeArg, SceneSpec, assemble, href_sample, to_utc
+from cogflight_core import InvalidArgumentError
+
+from ._build import BandSpec, BuildOptions, DatetimeArg, SceneSpec, assemble, href_sample, to_utc
 from ._collection import Collection
-from ._errors import InvalidArgumentError
 from ._stores import StoreOptions, normalize_href
 
 __all__ = ["build_from_files"]
@@ -43,10 +44,7 @@ def build_from_files(
     bands: Sequence[str] | None = None,
     datetime: DatetimeArg = None,
     store_options: StoreOptions | None = None,
-    concurrency: int | None = None,
-    read_ahead: int | None = None,
-    progress: bool | None = None,
-    strict: bool = False,
+    **options: Unpack[BuildOptions],
 ) -> Collection:
     """Build a Collection from GeoTIFF paths or URLs.
 
@@ -59,10 +57,7 @@ def build_from_files(
         datetime: one date for all scenes, ``{scene_id: date}``, or a callable
             ``href -> date``; ISO strings, dates, datetimes or years.
         store_options: how to reach remote files (anonymous, region, endpoint...).
-        concurrency: headers read at once (default ``COGFLIGHT_HEADER_CONCURRENCY``).
-        read_ahead: bytes of the first header request (default ``COGFLIGHT_READ_AHEAD``).
-        progress: show a progress bar (default: when stderr is a terminal).
-        strict: raise :class:`BuildError` if any scene fails instead of reporting it.
+        **options: how headers are read and failures treated (:class:`BuildOptions`).
 
     Raises:
         InvalidArgumentError: bad arguments (duplicate scene ids, empty input...).
@@ -128,8 +123,5 @@ def build_from_files(
         auto_bands=auto,
         store_options=store_options,
         source={"kind": "files", "files": sum(len(s.assets) for s in scenes)},
-        concurrency=concurrency,
-        read_ahead=read_ahead,
-        progress=progress,
-        strict=strict,
+        **options,
     )

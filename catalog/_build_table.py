@@ -6,7 +6,7 @@ import datetime as dt
 import json
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Unpack
 
 import obstore
 import pyarrow as pa
@@ -16,9 +16,19 @@ import pyproj
 import shapely
 from shapely.geometry.base import BaseGeometry
 
-from ._build import BandSpec, SceneSpec, assemble, build_failure, href_sample, to_utc
+from cogflight_core import BuildError, BuildFailure, CogflightError, InvalidArgumentError
+
+from ._build import (
+    BandSpec,
+    BuildOptions,
+    SceneSpec,
+    assemble,
+    build_failure,
+    href_sample,
+    rewrite_href,
+    to_utc,
+)
 from ._collection import Collection
-from ._errors import BuildError, BuildFailure, CogflightError, InvalidArgumentError
 from ._footprint import geometry_to_crs84
 from ._stores import StoreOptions, StoreRegistry, normalize_href
 
@@ -96,10 +106,7 @@ def build_from_table(
     rename: Mapping[str, str] | None = None,
     href_rewrite: Mapping[str, str] | None = None,
     store_options: StoreOptions | None = None,
-    concurrency: int | None = None,
-    read_ahead: int | None = None,
-    progress: bool | None = None,
-    strict: bool = False,
+    **options: Unpack[BuildOptions],
 ) -> Collection:
     """Build a Collection from rows that already carry asset hrefs.
 
@@ -197,10 +204,7 @@ def build_from_table(
             href = values[i]
             if href is None:
                 continue
-            for prefix, repl in rewrite.items():
-                if href.startswith(prefix):
-                    href = repl + href[len(prefix) :]
-                    break
+            href = rewrite_href(href, rewrite)
             try:
                 assets[key] = normalize_href(href)
             except InvalidArgumentError as exc:
@@ -232,10 +236,7 @@ def build_from_table(
         passthrough=passthrough,
         store_options=store_options,
         source={"kind": "table", "table": where},
-        concurrency=concurrency,
-        read_ahead=read_ahead,
-        progress=progress,
-        strict=strict,
+        **options,
     )
     if failures:
         return Collection(collection.table, failures=[*failures, *collection.failures])

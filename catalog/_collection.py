@@ -10,7 +10,7 @@ import tempfile
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
 import numpy as np
 import obstore
@@ -18,8 +18,9 @@ import pyarrow as pa
 import pyarrow.compute
 import pyarrow.parquet as pq
 
-from ._errors import BuildFailure, CollectionError, InvalidArgumentError
-from ._filters import select_rows
+from cogflight_core import BuildFailure, CollectionError, InvalidArgumentError
+
+from ._filters import SceneFilter, select_rows
 from ._header import HeaderRecord
 from ._schema import (
     ASSET_PREFIX,
@@ -201,43 +202,13 @@ class Collection:
         }
 
     # -- selection ---------------------------------------------------------------------------
-    def subset(
-        self,
-        *,
-        ids: Sequence[str] | None = None,
-        date_range: object = None,
-        cloud_cover_lt: float | None = None,
-        bbox: Sequence[float] | None = None,
-        geometry: object = None,
-        geometry_crs: str = "EPSG:4326",
-        where: Sequence[Any] | None = None,
-    ) -> Collection:
-        """A new Collection of the scenes matching every given condition.
+    def subset(self, **filters: Unpack[SceneFilter]) -> Collection:
+        """A new Collection of the scenes matching every condition given (:class:`SceneFilter`).
 
-        Args:
-            ids: keep these scene ids.
-            date_range: ``"2024-01-01/2024-06-30"`` or ``(start, end)``, inclusive;
-                dates without a time cover the whole day; ``None``/``".."`` is open.
-            cloud_cover_lt: keep scenes whose ``eo:cloud_cover`` is below this.
-            bbox: ``(xmin, ymin, xmax, ymax)`` in ``geometry_crs``; keep intersecting footprints
-                (a zero-width or zero-height bbox is the line or point it describes).
-            geometry: any form :func:`catalog.to_geometries` reads (shapely, WKB, WKT,
-                GeoJSON, bbox, Arrow WKB, a list of these) in ``geometry_crs``; keep
-                footprints intersecting any of them. The rules are the engine's too.
-            geometry_crs: CRS of ``bbox``/``geometry`` (default EPSG:4326).
-            where: ``[[column, op, value], ...]`` with ops ``== != < <= > >= in``,
-                ``not in``, ``is null``, ``is not null``.
+        For example ``subset(date_range="2024-06/2024-08", cloud_cover_lt=20,
+        bbox=(11.0, 46.0, 11.5, 46.5))``. The geometry rules are the engine's too.
         """
-        idx = select_rows(
-            self._table,
-            ids=ids,
-            date_range=date_range,
-            cloud_cover_lt=cloud_cover_lt,
-            bbox=bbox,
-            geometry=geometry,
-            geometry_crs=geometry_crs,
-            where=where,
-        )
+        idx = select_rows(self._table, **filters)
         return self.take(idx)
 
     def take(self, indices: Sequence[int] | np.ndarray) -> Collection:

@@ -37,9 +37,15 @@ from typing import TYPE_CHECKING, Protocol
 import obstore
 import obstore.exceptions as obs_exc
 
-from cogflight_core import ObjectChangedError, config
+from cogflight_core import (
+    AccessDeniedError,
+    InvalidArgumentError,
+    ObjectChangedError,
+    ObjectNotFoundError,
+    StorageError,
+    config,
+)
 
-from ._errors import AccessDeniedError, InvalidArgumentError, ObjectNotFoundError, StorageError
 from ._settings import settings
 
 if TYPE_CHECKING:

@@ -8,9 +8,8 @@ bad argument raises :class:`~catalog.InvalidArgumentError` naming the argument.
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import numpy as np
 import pyarrow as pa
@@ -18,74 +17,16 @@ import pyarrow.compute as pc
 import shapely
 from shapely.geometry.base import BaseGeometry
 
-from ._errors import InvalidArgumentError
+from cogflight_core import InvalidArgumentError
+
+from ._dates import parse_date_range
 from ._footprint import geometry_to_crs84
 from ._geometry import as_geometry, bbox_geometry
 
-__all__ = ["WHERE_OPS", "parse_date_range", "select_rows"]
+__all__ = ["WHERE_OPS", "SceneFilter", "parse_date_range", "select_rows"]
 
 WHERE_OPS = ("==", "!=", "<", "<=", ">", ">=", "in", "not in", "is null", "is not null")
 CLOUD_COVER = "eo:cloud_cover"
-
-
-def _parse_instant(value: object, field: str, *, end: bool) -> dt.datetime | None:
-    """A UTC instant; a date (or month, or year) means its first or, for ``end``, last moment."""
-    if value is None or value in ("", ".."):
-        return None
-    day = dt.timedelta(days=1)
-    tick = dt.timedelta(microseconds=1)
-    if isinstance(value, dt.datetime):
-        out = value
-    elif isinstance(value, dt.date):
-        out = dt.datetime(value.year, value.month, value.day)
-        if end:
-            out += day - tick
-    elif isinstance(value, str):
-        text = value.strip().replace("Z", "+00:00")
-        try:
-            if len(text) == 4 and text.isdigit():  # YYYY
-                year = int(text)
-                out = dt.datetime(year + 1, 1, 1) - tick if end else dt.datetime(year, 1, 1)
-            elif len(text) == 7:  # YYYY-MM
-                y, m = (int(p) for p in text.split("-"))
-                first = dt.datetime(y, m, 1)
-                out = dt.datetime(y + (m == 12), m % 12 + 1, 1) - tick if end else first
-            elif len(text) == 10:  # YYYY-MM-DD
-                return _parse_instant(dt.date.fromisoformat(text), field, end=end)
-            else:
-                out = dt.datetime.fromisoformat(text)
-        except ValueError as exc:
-            raise InvalidArgumentError(
-                f"{field}: cannot read {value!r} as a date; use ISO 8601 such as "
-                "'2024-01-31' or '2024-01-31T12:00:00Z'"
-            ) from exc
-    else:
-        raise InvalidArgumentError(f"{field}: expected a date string or datetime, got {value!r}")
-    if out.tzinfo is None:
-        out = out.replace(tzinfo=dt.UTC)
-    return out.astimezone(dt.UTC)
-
-
-def parse_date_range(
-    value: object, field: str = "date_range"
-) -> tuple[dt.datetime | None, dt.datetime | None]:
-    """``"2024-01-01/2024-06-30"`` or a 2-sequence -> inclusive UTC bounds (None = open)."""
-    if isinstance(value, str):
-        parts = value.split("/")
-        if len(parts) == 1:
-            parts = [parts[0], parts[0]]
-        if len(parts) != 2:
-            raise InvalidArgumentError(f"{field}: expected 'start/end', got {value!r}")
-        start_raw, end_raw = parts
-    elif isinstance(value, Sequence) and len(value) == 2:
-        start_raw, end_raw = value[0], value[1]
-    else:
-        raise InvalidArgumentError(f"{field}: expected 'start/end' or [start, end], got {value!r}")
-    start = _parse_instant(start_raw, field, end=False)
-    end = _parse_instant(end_raw, field, end=True)
-    if start and end and start > end:
-        raise InvalidArgumentError(f"{field}: start {start} is after end {end}")
-    return start, end
 
 
 def _column(table: pa.Table, name: str, field: str) -> pa.ChunkedArray:
@@ -152,18 +93,43 @@ def _where_mask(table: pa.Table, where: Sequence[Any]) -> pa.ChunkedArray | pa.A
     return mask
 
 
-def select_rows(
-    table: pa.Table,
-    *,
-    ids: Sequence[str] | None = None,
-    date_range: object = None,
-    cloud_cover_lt: float | None = None,
-    bbox: Sequence[float] | None = None,
-    geometry: object = None,
-    geometry_crs: str = "EPSG:4326",
-    where: Sequence[Any] | None = None,
-) -> np.ndarray:
-    """Indices of the rows that satisfy every given condition (all are ANDed)."""
+class SceneFilter(TypedDict, total=False):
+    """Which scenes to keep: every given condition must hold (``Collection.subset``)."""
+
+    ids: Sequence[str] | None
+    """Keep these scene ids."""
+    date_range: object
+    """``"2024-01-01/2024-06-30"`` or ``(start, end)``, inclusive; dates without a time
+    cover the whole day; ``None``/``".."`` is open."""
+    cloud_cover_lt: float | None
+    """Keep scenes whose ``eo:cloud_cover`` is below this."""
+    bbox: Sequence[float] | None
+    """``(xmin, ymin, xmax, ymax)`` in ``geometry_crs``; keep intersecting footprints (a
+    zero-width or zero-height bbox is the line or point it describes)."""
+    geometry: object
+    """Any form :func:`catalog.to_geometries` reads (shapely, WKB, WKT, GeoJSON, bbox, Arrow
+    WKB, a list of these) in ``geometry_crs``; keep footprints intersecting any of them."""
+    geometry_crs: str
+    """CRS of ``bbox`` and ``geometry`` (default EPSG:4326)."""
+    where: Sequence[Any] | None
+    """``[[column, op, value], ...]``, ops ``== != < <= > >= in``, ``not in``, ``is null``,
+    ``is not null``."""
+
+
+def select_rows(table: pa.Table, **filters: Unpack[SceneFilter]) -> np.ndarray:
+    """Indices of the rows that satisfy every condition of :class:`SceneFilter` given."""
+    unknown = sorted(set(filters) - set(SceneFilter.__annotations__))
+    if unknown:
+        raise InvalidArgumentError(
+            f"{unknown[0]}: not a scene filter; use {', '.join(SceneFilter.__annotations__)}"
+        )
+    ids = filters.get("ids")
+    date_range = filters.get("date_range")
+    cloud_cover_lt = filters.get("cloud_cover_lt")
+    bbox = filters.get("bbox")
+    geometry = filters.get("geometry")
+    geometry_crs = filters.get("geometry_crs") or "EPSG:4326"
+    where = filters.get("where")
     n = table.num_rows
     keep = np.ones(n, dtype=bool)
 

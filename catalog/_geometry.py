@@ -31,7 +31,7 @@ import pyarrow as pa
 import shapely
 from shapely.geometry.base import BaseGeometry
 
-from ._errors import InvalidArgumentError
+from cogflight_core import InvalidArgumentError
 
 __all__ = ["GEOMETRY_TYPES", "as_geometry", "bbox_geometry", "to_geometries"]
 

@@ -13,7 +13,8 @@ from functools import lru_cache
 
 import numpy as np
 
-from ._errors import HeaderError, UnsupportedLayoutError
+from cogflight_core import HeaderError, UnsupportedLayoutError
+
 from ._geokeys import (
     RASTER_TYPE,
     GeoKeyError,

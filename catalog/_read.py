@@ -8,8 +8,9 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from cogflight_core import CogflightError, HeaderError, InvalidArgumentError, StorageError
+
 from ._aio import run_sync
-from ._errors import CogflightError, HeaderError, InvalidArgumentError, StorageError
 from ._fetch import ObjectReader, RangeReader
 from ._header import HeaderRecord, header_from_raw
 from ._settings import settings

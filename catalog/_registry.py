@@ -10,13 +10,15 @@ from __future__ import annotations
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Unpack
 
 import shapely
 
+from cogflight_core import DatasetNotFoundError, InvalidArgumentError
+
+from ._build import BuildOptions
 from ._build_table import build_from_table, read_table
 from ._collection import Collection
-from ._errors import DatasetNotFoundError, InvalidArgumentError
 from ._filters import select_rows
 from ._stac import build_from_stac
 from ._stores import StoreOptions
@@ -298,10 +300,7 @@ def build(
     stac_api: str | None = None,
     table_url: str | None = None,
     store_options: StoreOptions | None = None,
-    concurrency: int | None = None,
-    read_ahead: int | None = None,
-    progress: bool | None = None,
-    strict: bool = False,
+    **options: Unpack[BuildOptions],
 ) -> Collection:
     """Build a Collection of a registered dataset.
 
@@ -342,10 +341,7 @@ def build(
             href_rewrite=entry.href_rewrite,
             name=name,
             store_options=opts,
-            concurrency=concurrency,
-            read_ahead=read_ahead,
-            progress=progress,
-            strict=strict,
+            **options,
         )
     url = table_url or entry.table_url or ""
     table = read_table(url, store_options=entry.table_store_options)[0]
@@ -377,8 +373,5 @@ def build(
         rename=entry.rename,
         href_rewrite=entry.href_rewrite,
         store_options=opts,
-        concurrency=concurrency,
-        read_ahead=read_ahead,
-        progress=progress,
-        strict=strict,
+        **options,
     )

@@ -15,7 +15,8 @@ import numpy as np
 import pyarrow as pa
 import pyproj
 
-from ._errors import CollectionError, SchemaVersionError
+from cogflight_core import CollectionError, SchemaVersionError
+
 from ._header import HeaderRecord, ImageRecord
 
 __all__ = [

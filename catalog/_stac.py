@@ -6,15 +6,16 @@ import datetime as dt
 import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Unpack
 
 import pyarrow as pa
 import shapely
 from shapely.geometry import shape
 
-from ._build import BandSpec, SceneSpec, assemble, to_utc
+from cogflight_core import BuildError, InvalidArgumentError, StacError
+
+from ._build import BandSpec, BuildOptions, SceneSpec, assemble, rewrite_href, to_utc
 from ._collection import Collection
-from ._errors import BuildError, InvalidArgumentError, StacError
 from ._filters import parse_date_range
 from ._schema import RESERVED_COLUMNS
 from ._stores import StoreOptions, normalize_href
@@ -111,10 +112,7 @@ def build_from_stac(
     name: str | None = None,
     store_options: StoreOptions | None = None,
     page_size: int = 100,
-    concurrency: int | None = None,
-    read_ahead: int | None = None,
-    progress: bool | None = None,
-    strict: bool = False,
+    **options: Unpack[BuildOptions],
 ) -> Collection:
     """Build a Collection from a STAC API item search.
 
@@ -243,10 +241,7 @@ def build_from_stac(
             href = next((h for k in keys if isinstance(h := _dotted(item_asset, k), str)), None)
             if href is None:
                 continue
-            for prefix, repl in rewrite.items():
-                if href.startswith(prefix):
-                    href = repl + href[len(prefix) :]
-                    break
+            href = rewrite_href(href, rewrite)
             assets[key] = normalize_href(href)
         geom = shape(it["geometry"]) if it.get("geometry") else None
         if geom is not None and not geom.is_valid:
@@ -271,8 +266,5 @@ def build_from_stac(
             "query": dict(query) if query else None,
             "searched_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         },
-        concurrency=concurrency,
-        read_ahead=read_ahead,
-        progress=progress,
-        strict=strict,
+        **options,
     )

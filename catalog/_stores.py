@@ -24,7 +24,8 @@ from urllib.parse import unquote, urlsplit
 
 from obstore.store import AzureStore, GCSStore, HTTPStore, LocalStore, S3Store
 
-from ._errors import InvalidArgumentError
+from cogflight_core import InvalidArgumentError
+
 from ._fetch import ObjectReader, RangeReader, is_range_past_end, translate_storage_error
 from ._settings import settings
 

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._errors import HeaderError
+from cogflight_core import HeaderError
+
 from ._stores import RangeReader
 
 __all__ = ["IFD", "RawTiff", "read_raw_tiff"]

@@ -22,7 +22,7 @@ __all__ = ["register", "run_demo", "stream_demo"]
 def run_demo(*, workdir: Path, collections: Path) -> int:
     """Generate sample COGs, index them into a Collection, save, reload, filter; print it all."""
     from catalog import build_from_files, load
-    from catalog._samples import write_sample_scenes
+    from catalog.testing import write_sample_scenes
 
     t0 = time.perf_counter()
     scenes = write_sample_scenes(workdir)

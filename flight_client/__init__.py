@@ -9,10 +9,7 @@ only for the embedded mode.
 
 from typing import Any
 
-from cogflight_core._deprecated import deprecated_attribute
-
-from ._client import Client, connect
-from ._errors import (
+from cogflight_core import (
     AuthenticationError,
     CogflightError,
     CollectionNotFoundError,
@@ -23,6 +20,9 @@ from ._errors import (
     ServerError,
     UnavailableError,
 )
+from cogflight_core._deprecated import deprecated_attribute
+
+from ._client import Client, connect
 from ._query import build_query
 from ._sampling import grid_boxes, random_points, scene_grids
 from ._torch import UNSIGNED_CASTS, collate, move, stats, to_torch

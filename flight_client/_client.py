@@ -28,10 +28,15 @@ from typing import Any, Unpack
 import pyarrow as pa
 from pyarrow import flight
 
-from cogflight_core import ChipQuery
+from cogflight_core import (
+    ChipQuery,
+    CogflightError,
+    InvalidArgumentError,
+    MissingDependencyError,
+    UnavailableError,
+)
 from cogflight_core._fork import mark_grpc_started
 
-from ._errors import CogflightError, InvalidArgumentError, MissingDependencyError, UnavailableError
 from ._query import build_index_query, build_query
 from ._transport import DirectTransport, Transport, keep_inherited, open_transport
 
@@ -255,6 +260,8 @@ def connect(
         )
     sock = Path(tempfile.gettempdir()) / f"cogflight-{os.getpid()}-{uuid.uuid4().hex[:8]}.sock"
     mark_grpc_started()
-    server = Server(str(root_path), unix_socket=str(sock), cache_bytes=cache_bytes).start()
+    server = Server(
+        str(root_path), unix_socket=str(sock), cache_bytes=cache_bytes, workers=1
+    ).start()
     logger.info("embedded cogflight server over %s at %s", root_path, server.location)
     return Client(server.location, embedded=server)

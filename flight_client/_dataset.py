@@ -17,10 +17,9 @@ from typing import Any, Unpack
 
 import numpy as np
 
-from cogflight_core import ChipQuery
+from cogflight_core import ChipQuery, InvalidArgumentError, MissingDependencyError
 
 from ._client import Client, connect
-from ._errors import InvalidArgumentError, MissingDependencyError
 from ._torch import UNSIGNED_CASTS, to_torch
 
 try:

@@ -1,4 +1,4 @@
-"""The errors :mod:`flight_client` raises; Flight statuses translated at the boundary.
+"""Flight statuses translated at the client's boundary into cogflight errors.
 
 A status a server sends becomes the error class of its code through
 :data:`cogflight_core.STATUS_TABLE` (the table the server raised it with), so
@@ -15,32 +15,9 @@ from typing import TypeVar
 import pyarrow as pa
 from pyarrow import flight
 
-from cogflight_core import (
-    AuthenticationError,
-    CogflightError,
-    CollectionNotFoundError,
-    DeadlineExceededError,
-    InvalidArgumentError,
-    MissingDependencyError,
-    PermissionDeniedError,
-    ServerError,
-    UnavailableError,
-    from_flight,
-)
+from cogflight_core import from_flight
 
-__all__ = [
-    "AuthenticationError",
-    "CogflightError",
-    "CollectionNotFoundError",
-    "DeadlineExceededError",
-    "InvalidArgumentError",
-    "MissingDependencyError",
-    "PermissionDeniedError",
-    "ServerError",
-    "UnavailableError",
-    "call",
-    "translated",
-]
+__all__ = ["call", "translated"]
 
 T = TypeVar("T")
 

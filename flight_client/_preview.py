@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from cogflight_core import InvalidArgumentError
+
 __all__ = ["contact_sheet", "write_png"]
 
 # A perceptually ordered colour map (viridis, 9 stops), interpolated to 256 entries.
@@ -63,7 +65,7 @@ def contact_sheet(
     """Chips ``[N, C, H, W]`` laid out on a grid, as one RGB image."""
     n = chips.shape[0]
     if n == 0:
-        raise ValueError("no chips to show")
+        raise InvalidArgumentError("no chips to show")
     cols = columns or math.ceil(math.sqrt(n))
     rows = math.ceil(n / cols)
     h, w = chips.shape[-2:]
@@ -96,7 +98,9 @@ def preview(
         if sum(len(c) for c in chips) >= limit:
             break
     if not chips:
-        raise ValueError("the query returned no chips")
+        raise InvalidArgumentError(
+            "the query returned no chips; check the bbox, its CRS and the filter"
+        )
     data = np.concatenate(chips)[:limit]
     mask = np.concatenate(valid)[:limit]
     return write_png(out, contact_sheet(data, mask)), len(data)

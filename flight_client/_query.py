@@ -17,9 +17,14 @@ import numbers
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Unpack
 
-from cogflight_core import QUERY_VERSION, ChipQuery, Query, chip_fields, parse_query
-
-from ._errors import InvalidArgumentError
+from cogflight_core import (
+    QUERY_VERSION,
+    ChipQuery,
+    InvalidArgumentError,
+    Query,
+    chip_fields,
+    parse_query,
+)
 
 __all__ = ["build_index_query", "build_query", "geometries_field", "jsonable"]
 

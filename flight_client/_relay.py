@@ -35,10 +35,9 @@ from typing import IO, Any
 import pyarrow as pa
 from pyarrow import flight
 
-from cogflight_core import error_for, from_flight, status_code
+from cogflight_core import UnavailableError, error_for, from_flight, status_code
 
 from ._counters import count
-from ._errors import UnavailableError
 
 __all__ = ["RelayTransport", "main"]
 

@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ._errors import InvalidArgumentError
+from cogflight_core import InvalidArgumentError
 
 __all__ = ["grid_boxes", "random_points", "scene_grids"]
 

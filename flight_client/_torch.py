@@ -15,8 +15,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from cogflight_core import InvalidArgumentError, MissingDependencyError
+
 from ._counters import count, stats
-from ._errors import InvalidArgumentError, MissingDependencyError
 
 __all__ = ["UNSIGNED_CASTS", "collate", "move", "stats", "to_torch"]
 

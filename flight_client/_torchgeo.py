@@ -19,10 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from cogflight_core import ChipQuery
+from cogflight_core import ChipQuery, InvalidArgumentError, MissingDependencyError
 
 from ._client import Client, connect
-from ._errors import InvalidArgumentError, MissingDependencyError
 from ._torch import to_torch
 
 try:

@@ -10,9 +10,7 @@ in-process and sits under the Flight service.
 
 from typing import Any
 
-from cogflight_core._deprecated import deprecated_attribute
-
-from ._errors import (
+from cogflight_core import (
     ChipReadError,
     CogflightError,
     CollectionNotFoundError,
@@ -23,6 +21,8 @@ from ._errors import (
     UnavailableError,
     UpstreamError,
 )
+from cogflight_core._deprecated import deprecated_attribute
+
 from ._query import QUERY_VERSION, Query, parse_query
 from ._roots import CollectionRoot
 from ._serve import Server, ServerConfig, serve

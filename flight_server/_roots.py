@@ -25,8 +25,7 @@ from catalog import (
     normalize_href,
     translate_storage_error,
 )
-
-from ._errors import CollectionNotFoundError, InvalidArgumentError, UnavailableError
+from cogflight_core import CollectionNotFoundError, InvalidArgumentError, UnavailableError
 
 __all__ = ["CollectionNotFoundError", "CollectionRoot"]
 

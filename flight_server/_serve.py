@@ -30,10 +30,17 @@ from typing import Any
 
 import pyarrow as pa
 
-from cogflight_core import CogflightError, EngineSettings, ServerSettings, config, parse_bytes
+from cogflight_core import (
+    CogflightError,
+    EngineSettings,
+    InvalidArgumentError,
+    ServerSettings,
+    UnavailableError,
+    config,
+    parse_bytes,
+)
 from cogflight_core._config import settings_fields, with_updates
 
-from ._errors import InvalidArgumentError, UnavailableError
 from ._roots import CollectionRoot
 from ._service import FlightService, load_tokens
 from .engine import ChipEngine

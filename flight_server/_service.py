@@ -26,10 +26,15 @@ import pyarrow as pa
 from pyarrow import flight
 
 from catalog import Collection, select_rows
-from cogflight_core import CogflightError, status_code, to_flight
+from cogflight_core import (
+    ChipReadError,
+    CogflightError,
+    InvalidArgumentError,
+    status_code,
+    to_flight,
+)
 from cogflight_core._fork import mark_grpc_started
 
-from ._errors import ChipReadError, InvalidArgumentError
 from ._query import Query, parse_query
 from ._roots import CollectionRoot
 from .engine import ChipEngine, ChipRequest

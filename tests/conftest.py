@@ -1,11 +1,16 @@
+"""Shared fixtures: the GeoTIFF corpus, a standard served root, a server factory, moto S3."""
+
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.corpus import Case, generate
+from tests.support.corpus import Case, generate
 
 # Keep the test run hermetic: no AWS config lookups, no instance metadata probes.
 os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
@@ -17,6 +22,43 @@ os.environ.setdefault("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Case, Path]]:
     """Every corpus file, written once per session."""
     return generate(tmp_path_factory.mktemp("corpus"))
+
+
+@dataclass(frozen=True)
+class FlightRoot:
+    """A served root: its directory and the Collections saved in it."""
+
+    path: Path
+    collections: dict[str, Any]
+
+
+@pytest.fixture(scope="session")
+def flight_root(tmp_path_factory: pytest.TempPathFactory) -> FlightRoot:
+    """The standard root, built once per session and read-only: 'alpha' (4 scenes x 2
+    bands, tests.support.flight_fixtures.make_root) and 'beta' (1 scene)."""
+    from tests.support.flight_fixtures import make_root
+
+    base = tmp_path_factory.mktemp("flight-root")
+    collections = make_root(base / "root", base / "data", scenes=4)
+    return FlightRoot(base / "root", collections)
+
+
+@pytest.fixture(scope="module")
+def start_server() -> Iterator[Callable[..., Any]]:
+    """A factory: ``start_server(root, **options)`` starts a ``flight_server.Server`` on a
+    free port; every server it started is shut down when the module's tests are done."""
+    from flight_server import Server
+
+    started: list[Any] = []
+
+    def start(root: str | Path, **options: Any) -> Any:
+        server = Server(str(root), port=0, **options).start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in reversed(started):
+        server.shutdown()
 
 
 @pytest.fixture(scope="session")

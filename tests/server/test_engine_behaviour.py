@@ -17,7 +17,7 @@ from affine import Affine
 from rasterio.windows import Window as RioWindow
 
 import catalog
-from catalog._samples import synthetic_scene, write_cog
+from catalog.testing import synthetic_scene, write_cog
 from flight_server import (
     ChipEngine,
     ChipReadError,
@@ -28,7 +28,7 @@ from flight_server import (
     UpstreamError,
 )
 from tests.conftest import s3_options
-from tests.servers import RangeServer
+from tests.support.servers import RangeServer
 
 GT = (500000.0, 10.0, 0.0, 4100000.0, 0.0, -10.0)
 

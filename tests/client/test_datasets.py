@@ -15,14 +15,14 @@ from torch.utils.data import DataLoader
 
 import flight_client as fc
 from flight_server import Server
-from tests.dataset_workers import (
+from tests.support.dataset_workers import (
     chip_key,
     ddp_rank,
     direct_worker,
     forked_child_checks,
     inherited_client_checks,
 )
-from tests.flight_fixtures import GT, make_root
+from tests.support.flight_fixtures import GT
 
 # 8 x 8 boxes of 320 m over the first scene; each hits 2 to 4 of the 4 scenes.
 QUERY: dict[str, Any] = {
@@ -35,16 +35,13 @@ QUERY: dict[str, Any] = {
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    base = tmp_path_factory.mktemp("datasets")
-    make_root(base / "root", base / "data", scenes=4)
-    return base / "root"
+def root(flight_root) -> Path:
+    return flight_root.path
 
 
 @pytest.fixture(scope="module")
-def server(root: Path):
-    with Server(str(root), port=0) as srv:
-        yield srv
+def server(root: Path, start_server):
+    return start_server(root)
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.flight_fixtures import lonlat_box, make_root
+from tests.support.flight_fixtures import lonlat_box, make_root
 
 BBOX = ",".join(map(str, lonlat_box(110, 10, 64, 64)))
 

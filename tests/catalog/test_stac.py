@@ -1,8 +1,8 @@
 """Collections from a STAC API: an Earth Search-shaped mirror on loopback.
 
-A :class:`~tests.servers.StacServer` serves Sentinel-2 L2A items shaped like
-Earth Search v1 (``tests.stac_items``) with small pages, and a
-:class:`~tests.servers.RangeServer` serves their COGs. The tests check what
+A :class:`~tests.support.servers.StacServer` serves Sentinel-2 L2A items shaped like
+Earth Search v1 (``tests.support.stac_items``) with small pages, and a
+:class:`~tests.support.servers.RangeServer` serves their COGs. The tests check what
 the builder keeps (scenes, footprints, properties, band metadata, headers),
 what it asks the servers for (every page, one request per header file, never
 a thumbnail, JPEG 2000 or metadata asset), how the search narrows, and how
@@ -27,8 +27,8 @@ import shapely
 from shapely.geometry import shape
 
 import catalog
-from tests.servers import RangeServer, StacServer
-from tests.stac_items import BANDS, NON_GEOTIFF_ASSETS, href_path, write_items
+from tests.support.servers import RangeServer, StacServer
+from tests.support.stac_items import BANDS, NON_GEOTIFF_ASSETS, href_path, write_items
 
 pytestmark = pytest.mark.network
 

@@ -4,7 +4,7 @@
 predictor 2, 512-pixel blocks, nodata 0, overviews) under ``root`` in Earth Search's
 ``sentinel-s2-l2a-cogs/<zone>/<band>/<square>/<year>/<month>/<id>/<file>.tif`` layout
 and returns STAC item dicts (``collection="sentinel-2-l2a"``) whose GeoTIFF assets
-point at ``base_url`` (a :class:`tests.servers.RangeServer` serving ``root``).
+point at ``base_url`` (a :class:`tests.support.servers.RangeServer` serving ``root``).
 
 Scenes are 1100 x 1100 pixels at 10 m (partial edge tiles and two overviews),
 550 x 550 at 20 m (one overview), 184 x 184 at 60 m (one partial tile). ``red``
@@ -118,7 +118,7 @@ TILES: tuple[Tile, ...] = (
 
 
 def href_path(href: str) -> str:
-    """The URL path of an href, as :class:`tests.servers.RangeServer` records it."""
+    """The URL path of an href, as :class:`tests.support.servers.RangeServer` records it."""
     from urllib.parse import urlsplit
 
     return urlsplit(href).path

@@ -13,9 +13,9 @@ import pytest
 from pyarrow import flight
 
 from flight_server import Server
-from tests.flight_fixtures import lonlat_box, make_root, query, ticket
+from tests.support.flight_fixtures import lonlat_box, make_root, query, ticket
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "docs" / "examples" / "flight_client.cc"
+EXAMPLE = Path(__file__).resolve().parents[2] / "docs" / "examples" / "flight_client.cc"
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import pytest
 import shapely
 
 import catalog
-from catalog._samples import synthetic_scene, write_cog
+from catalog.testing import synthetic_scene, write_cog
 from flight_server import ChipEngine, ChipRequest, DecodeError
 
 GT = (500000.0, 10.0, 0.0, 4100000.0, 0.0, -10.0)

@@ -10,7 +10,7 @@ from typing import Any
 from pyarrow import flight
 
 import catalog
-from catalog._samples import synthetic_scene, write_cog
+from catalog.testing import synthetic_scene, write_cog
 
 GT = (500000.0, 10.0, 0.0, 4100000.0, 0.0, -10.0)
 

@@ -22,9 +22,9 @@ from cogflight_core import (
     environment_table,
 )
 from flight_server import Server, ServerConfig
-from tests.flight_fixtures import lonlat_box, make_root
+from tests.support.flight_fixtures import lonlat_box, make_root
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 # The flags `cogflight serve` had before they were generated: they must keep working.
 OLD_FLAGS = ["--root", "--host", "--port", "--workers", "--cache-bytes", "--advertise",
              "--shards", "--max-streams", "--token-file", "--tls-cert", "--tls-key",

@@ -10,7 +10,7 @@ import pytest
 from pyarrow import flight
 
 from flight_server import Server, load_tokens
-from tests.flight_fixtures import make_root, query, ticket, tls_material
+from tests.support.flight_fixtures import make_root, query, ticket, tls_material
 
 ALL = "a" * 32
 ONLY_BETA = "b" * 32

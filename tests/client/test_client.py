@@ -15,22 +15,19 @@ from pyarrow import flight
 
 import catalog
 import flight_client as fc
-from catalog._samples import synthetic_scene, write_cog
+from catalog.testing import synthetic_scene, write_cog
 from flight_server import Server
-from tests.flight_fixtures import GT, lonlat_box, make_root
+from tests.support.flight_fixtures import GT, lonlat_box
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    base = tmp_path_factory.mktemp("client")
-    make_root(base / "root", base / "data", scenes=4)
-    return base / "root"
+def root(flight_root) -> Path:
+    return flight_root.path
 
 
 @pytest.fixture(scope="module")
-def remote(root: Path):
-    with Server(str(root), port=0, shards=2) as srv:
-        yield srv
+def remote(root: Path, start_server):
+    return start_server(root, shards=2)
 
 
 def test_remote_client_metadata(remote, root: Path) -> None:

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from flight_server import Server
-from tests.flight_fixtures import GT, make_root
+from tests.support.flight_fixtures import GT
 
 # What only the server side (or GIS work) needs; none of it may load in a remote client.
 SERVER_SIDE = ("obstore", "pyproj", "shapely", "imagecodecs", "catalog", "flight_server")
@@ -46,11 +45,8 @@ print(json.dumps(out))
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory):
-    base = tmp_path_factory.mktemp("imports")
-    make_root(base / "root", base / "data", scenes=4)
-    with Server(str(base / "root"), port=0) as srv:
-        yield srv
+def served(flight_root, start_server):
+    return start_server(flight_root.path)
 
 
 def test_remote_client_loads_no_server_side_module(served, tmp_path: Path) -> None:

@@ -13,9 +13,9 @@ import shapely
 from affine import Affine
 
 import catalog
-from catalog._samples import synthetic_scene, write_cog
+from catalog.testing import synthetic_scene, write_cog
 from tests.conftest import s3_options
-from tests.servers import RangeServer
+from tests.support.servers import RangeServer
 
 
 def _scene_files(root: Path, n: int = 4, bands: int = 3) -> list[Path]:

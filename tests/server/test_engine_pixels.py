@@ -16,7 +16,7 @@ from rasterio.windows import Window as RioWindow
 
 import catalog
 from flight_server import ChipEngine, ChipRequest
-from tests.corpus import CASES, Case
+from tests.support.corpus import CASES, Case
 
 pytestmark = pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
 

@@ -12,9 +12,9 @@ import tifffile
 from affine import Affine
 
 from catalog import StoreRegistry, read_header
-from catalog._samples import synthetic_scene, write_cog
-from tests.corpus import CASES, Case
-from tests.servers import RangeServer
+from catalog.testing import synthetic_scene, write_cog
+from tests.support.corpus import CASES, Case
+from tests.support.servers import RangeServer
 
 
 def _header_end(path: Path) -> int:

@@ -1,4 +1,4 @@
-"""Code that runs in DDP ranks spawned by tests/test_datasets.py (importable by spawn)."""
+"""Code that runs in DDP ranks spawned by tests/client/test_datasets.py (importable by spawn)."""
 
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import cogflight
-from catalog._samples import synthetic_scene, write_cog
+from catalog.testing import synthetic_scene, write_cog
 from cogflight._cli import build_parser, main
 
 COMMANDS = [[], ["build"], ["build", "files"], ["build", "table"], ["build", "stac"],

@@ -12,8 +12,8 @@ import pytest
 
 import catalog
 from catalog import StoreRegistry, read_header
-from catalog._samples import synthetic_scene, write_cog
-from tests.servers import RangeServer
+from catalog.testing import synthetic_scene, write_cog
+from tests.support.servers import RangeServer
 
 
 @pytest.fixture(scope="module")

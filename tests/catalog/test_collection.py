@@ -12,7 +12,7 @@ import pytest
 import shapely
 
 import catalog
-from catalog._samples import synthetic_scene, write_cog
+from catalog.testing import synthetic_scene, write_cog
 from tests.conftest import s3_options
 
 

@@ -20,7 +20,7 @@ from torchgeo.samplers import GridGeoSampler, RandomGeoSampler
 
 import catalog
 import flight_client as fc
-from catalog._samples import synthetic_scene, write_cog
+from catalog.testing import synthetic_scene, write_cog
 from flight_server import Server
 
 ORIGINS = [(500000, 4100000), (503000, 4098000), (506000, 4101000)]

@@ -16,17 +16,15 @@ from rasterio.windows import Window as RioWindow
 
 import catalog
 from flight_server import ChipEngine, ChipRequest, Server
-from tests.flight_fixtures import lonlat_box, make_root, query, read_all, ticket
+from tests.support.flight_fixtures import lonlat_box, make_root, query, read_all, ticket
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory):
-    base = tmp_path_factory.mktemp("served")
-    cols = make_root(base / "root", base / "data")
-    with Server(str(base / "root"), port=0, shards=2) as srv:
-        client = flight.connect(srv.location)
-        yield srv, client, cols
-        client.close()
+def served(flight_root, start_server):
+    srv = start_server(flight_root.path, shards=2)
+    client = flight.connect(srv.location)
+    yield srv, client, flight_root.collections
+    client.close()
 
 
 def _action(client: flight.FlightClient, kind: str, body: bytes = b"") -> object:

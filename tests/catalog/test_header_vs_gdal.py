@@ -13,7 +13,7 @@ import tifffile
 from rasterio.enums import MaskFlags
 
 from catalog import HeaderRecord, read_header
-from tests.corpus import CASES, Case
+from tests.support.corpus import CASES, Case
 
 pytestmark = pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
 

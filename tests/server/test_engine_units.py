@@ -19,7 +19,7 @@ import shapely
 
 import catalog
 from catalog import Band, HeaderRecord
-from catalog._samples import synthetic_scene, write_cog
+from catalog.testing import synthetic_scene, write_cog
 from cogflight_core import chip_fields
 from flight_server import ChipRequest, Grid, InvalidArgumentError, TileCache
 from flight_server.engine import _request as request_module

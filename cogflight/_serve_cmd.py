@@ -48,6 +48,8 @@ def _metavar(f: dataclasses.Field[Any], spec: Setting) -> str:
 
     if spec.parse is parse_bytes:
         return "SIZE"
+    if f.name == "allow":
+        return "PREFIX"
     if _repeatable(f):
         return "LOCATION"
     if spec.parse is int:
@@ -121,10 +123,19 @@ def settings_from_args(
 
 
 def server_from_args(args: argparse.Namespace) -> Any:
-    """The ``flight_server.Server`` that ``cogflight serve`` runs (not started yet)."""
+    """The ``flight_server.Server`` that ``cogflight serve`` runs (not started yet).
+
+    ``--config FILE`` becomes ``COGFLIGHT_CONFIG`` for this process and its workers, so the
+    storage section of the file reaches the catalog too.
+    """
+    import os
+
     from flight_server import Server
 
-    engine, server = settings_from_args(args)
+    if getattr(args, "config", None):
+        Config.from_file(args.config)  # a bad file fails here, in one line
+        os.environ["COGFLIGHT_CONFIG"] = args.config
+    engine, server = settings_from_args(args, Config.from_env())
     return Server(args.root, engine=engine, server=server, store_options=store_options(args))
 
 
@@ -145,6 +156,12 @@ def register(sub: Any) -> None:
         "docs/wire-contract.md.",
     )
     p.add_argument("--root", required=True, help="directory or s3://, gs://, az:// prefix")
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        help="TOML file with [storage], [engine] and [server] settings (below the environment "
+        "and the flags); $COGFLIGHT_CONFIG",
+    )
     add_settings_flags(p)
     add_storage_flags(p)
     p.set_defaults(func=_cmd_serve, default_log="INFO")

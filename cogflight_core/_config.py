@@ -128,6 +128,16 @@ class StorageSettings:
         env="COGFLIGHT_REQUEST_TIMEOUT",
     )
     max_retries: int = _setting(3, "retries of a failed or short read, with backoff", minimum=0)
+    max_samples: int = _setting(
+        1024, "samples (bands) one file may declare before it is refused", minimum=1
+    )
+    max_tile_bytes: int = _setting(
+        256 * 1024 * 1024,
+        "decoded bytes of one tile; larger tiles are refused when indexing and before decoding",
+        parse_bytes,
+        minimum=1,
+        shown="256 MiB",
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +168,14 @@ class EngineSettings:
         shown="4096 x 4096",
     )
     max_chips: int = _setting(100_000, "most chips one request may produce", minimum=1)
+    max_batch_bytes: int = _setting(
+        256 * 1024 * 1024,
+        "pixel bytes of one batch: batch_rows is lowered to fit; a larger single chip is refused",
+        parse_bytes,
+        minimum=1,
+        shown="256 MiB",
+    )
+    max_endpoints: int = _setting(1024, "endpoints (shards) one plan may ask for", minimum=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +194,25 @@ class ServerSettings:
         "locations clients use for endpoints, comma-separated (one per replica)",
         _csv,
         factory=tuple,
+    )
+    allow: tuple[str, ...] = _setting(
+        (),
+        "prefixes the server may read besides the root's own store, comma-separated (local "
+        "directories, s3://bucket/prefix, https://host/path, https://*.domain/)",
+        _csv,
+        factory=tuple,
+    )
+    stream_timeout_s: float = _setting(
+        3600.0, "longest a chip stream may run before the server cancels it", float, minimum=0.1
+    )
+    max_streams_per_token: int | None = _setting(
+        None, "concurrent chip streams one token may hold (default: max_streams)", minimum=1
+    )
+    drain_s: float = _setting(
+        30.0,
+        "on shutdown (SIGTERM): seconds to let streams finish before cancelling them",
+        float,
+        minimum=0,
     )
     token_file: str | None = _setting(
         None, "bearer tokens: one 'TOKEN [collection,...]' per line", _text
@@ -202,7 +239,32 @@ def _check(cls: type, name: str, value: Any, source: str) -> Any:
     return value
 
 
-def _from_env(cls: type, env: Mapping[str, str]) -> Any:
+def _from_file_section(cls: type, table: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """Checked values of one ``[section]`` of a configuration file."""
+    specs = dict(settings_fields(cls))
+    by_name = {f.name: (f, s) for f, s in specs.items()}
+    out: dict[str, Any] = {}
+    for name, raw in table.items():
+        if name not in by_name:
+            raise InvalidArgumentError(
+                f"{source}: unknown setting {name!r}; known: {', '.join(sorted(by_name))}"
+            )
+        _, spec = by_name[name]
+        where = f"{source}: {name}"
+        try:
+            if isinstance(raw, str):
+                value = spec.parse(raw)
+            elif isinstance(raw, list):
+                value = tuple(str(v) for v in raw)
+            else:
+                value = raw
+        except (ValueError, InvalidArgumentError) as exc:
+            raise InvalidArgumentError(f"{where}: {exc}") from exc
+        out[name] = _check(cls, name, value, where)
+    return out
+
+
+def _from_env(cls: type, env: Mapping[str, str], base: Any = None) -> Any:
     updates: dict[str, Any] = {}
     for f, spec in settings_fields(cls):
         raw = env.get(spec.env)
@@ -214,7 +276,7 @@ def _from_env(cls: type, env: Mapping[str, str]) -> Any:
         except (ValueError, InvalidArgumentError) as exc:
             raise InvalidArgumentError(f"{source}: {exc}") from exc
         updates[f.name] = _check(cls, f.name, value, source)
-    return cls(**updates)
+    return replace(base, **updates) if base is not None else cls(**updates)
 
 
 def with_updates(settings: Any, source: str = "argument", **updates: Any) -> Any:
@@ -239,14 +301,47 @@ class Config:
     server: ServerSettings = field(default_factory=ServerSettings)
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> Config:
-        """Read every ``COGFLIGHT_*`` variable; unset ones keep their defaults.
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, *, file: str | os.PathLike[str] | None = None
+    ) -> Config:
+        """Defaults, then a TOML file (``file`` or ``COGFLIGHT_CONFIG``), then the variables.
+
+        The file has a table per section (``[storage]``, ``[engine]``, ``[server]``) whose
+        keys are the setting names (``cache_bytes = "2GiB"``, ``allow = ["s3://b/"]``).
 
         Raises:
-            InvalidArgumentError: a variable cannot be read or is out of range.
+            InvalidArgumentError: a variable or file value cannot be read or is out of range,
+                or the file names an unknown section or setting.
         """
         env = os.environ if environ is None else environ
-        return cls(**{name: _from_env(section, env) for name, section in _SECTIONS})
+        path = file if file is not None else env.get("COGFLIGHT_CONFIG") or None
+        base = cls.from_file(path) if path else cls()
+        return cls(**{n: _from_env(s, env, getattr(base, n)) for n, s in _SECTIONS})
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str]) -> Config:
+        """A configuration from a TOML file (unset settings keep their defaults)."""
+        import tomllib
+
+        source = f"configuration file {os.fspath(path)}"
+        try:
+            with open(path, "rb") as fh:
+                doc = tomllib.load(fh)
+        except OSError as exc:
+            raise InvalidArgumentError(f"{source}: cannot read it ({exc.strerror})") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise InvalidArgumentError(f"{source}: not valid TOML ({exc})") from exc
+        sections = dict(_SECTIONS)
+        unknown = sorted(set(doc) - set(sections))
+        if unknown:
+            raise InvalidArgumentError(
+                f"{source}: unknown section [{unknown[0]}]; use {', '.join(sections)}"
+            )
+        parts: dict[str, Any] = {
+            name: section(**_from_file_section(section, doc.get(name, {}), source))
+            for name, section in _SECTIONS
+        }
+        return cls(**parts)
 
 
 @lru_cache(maxsize=1)

@@ -132,8 +132,8 @@ class ServerConfig:
 
 
 def _engine(settings: EngineSettings) -> ChipEngine:
-    """One engine per worker, given every engine setting by keyword (a missing one fails)."""
-    return ChipEngine(**{f.name: getattr(settings, f.name) for f in fields(settings)})
+    """One engine per worker, with every engine setting."""
+    return ChipEngine(settings)
 
 
 def _read_file(path: str, what: str, flag: str) -> bytes:

@@ -45,13 +45,13 @@ def free_port() -> int:
 
 
 def start_server(
-    root: Path, workers: int, cache: str = "2GiB"
+    root: Path, workers: int, cache: str = "2GiB", allow: tuple[str, ...] = ()
 ) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port() if workers == 1 else _free_run(workers)
     exe = Path(sys.executable).with_name("cogflight")
     proc = subprocess.Popen(
         [str(exe), "-q", "serve", "--root", str(root), "--port", str(port), "--workers",
-         str(workers), "--cache-bytes", cache],
+         str(workers), "--cache-bytes", cache, *(f"--allow={a}" for a in allow)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     location = f"grpc://127.0.0.1:{port}"
@@ -194,7 +194,9 @@ def main() -> int:
         for _ in range(args.repeat):
             results["in_process"].append(inprocess(root / "bench.parquet", boxes, 2))
             for workers in (1, 2):
-                proc, location = start_server(root, workers)
+                # The scenes' directory, allowed as an operator would.
+                data = tuple(sorted({str(Path(f).parent) for sc in scenes for f in sc.values()}))
+                proc, location = start_server(root, workers, allow=data)
                 try:
                     shards = 1 if workers == 1 else 4
                     q = {**query, "shard": {"count": shards}}

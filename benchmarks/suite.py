@@ -308,9 +308,9 @@ def run_decode_limit(spec: dict[str, Any], args: argparse.Namespace) -> dict[str
     captured: list[tuple[bytes, Any, Any]] = []
     original = _tiles.decode_tile
 
-    def spy(data: Any, ref: Any, header: Any) -> Any:
+    def spy(data: Any, ref: Any, header: Any, max_bytes: int | None = None) -> Any:
         captured.append((bytes(data), ref, header))
-        return original(data, ref, header)
+        return original(data, ref, header, max_bytes)
 
     _tiles.decode_tile = spy  # type: ignore[assignment]
     collection = catalog.load(Path(args.root) / f"{spec['name']}.parquet")
@@ -389,11 +389,13 @@ def _child(kind: str, spec_path: Path | None, extra: list[str], timeout: float) 
     return dict(result)
 
 
-def _serve(root: Path, workers: int, cache_mib: int) -> tuple[subprocess.Popen[bytes], str, float]:
+def _serve(
+    root: Path, workers: int, cache_mib: int, allow: tuple[str, ...] = ()
+) -> tuple[subprocess.Popen[bytes], str, float]:
     from benchmarks.flight_throughput import start_server
 
     t = time.perf_counter()
-    proc, location = start_server(root, workers, cache=f"{cache_mib}MiB")
+    proc, location = start_server(root, workers, cache=f"{cache_mib}MiB", allow=allow)
     return proc, location, time.perf_counter() - t
 
 
@@ -456,7 +458,10 @@ def orchestrate(args: argparse.Namespace) -> int:
                     extra = list(base)
                     if who in ("flight_1", "flight_2", "torchgeo_flight"):
                         workers = 2 if who == "flight_2" else 1
-                        proc, location, start_s = _serve(root, workers, args.cache_mib)
+                        # The imagery's HTTP server, allowed as an operator would.
+                        proc, location, start_s = _serve(
+                            root, workers, args.cache_mib, allow=(f"{http.url}/",)
+                        )
                         server = proc
                         extra += ["--location", location]
                     kind = "flight" if who.startswith("flight_") else who

@@ -38,6 +38,9 @@ from ._filters import WHERE_OPS, SceneFilter, parse_date_range, select_rows
 from ._footprint import geometry_to_crs84
 from ._geometry import GEOMETRY_TYPES, as_geometry, bbox_geometry, to_geometries
 from ._header import COMPRESSIONS, HeaderRecord, ImageRecord, parse_nodata
+from ._http import HttpReader
+from ._identity import ObjectIdentity
+from ._policy import AccessPolicy
 from ._proj import crs as cached_crs
 from ._proj import same_crs
 from ._proj import transformer as cached_transformer
@@ -63,6 +66,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "WHERE_OPS",
     "AccessDeniedError",
+    "AccessPolicy",
     "Band",
     "BuildError",
     "BuildFailure",
@@ -75,9 +79,11 @@ __all__ = [
     "FetchStats",
     "HeaderError",
     "HeaderRecord",
+    "HttpReader",
     "ImageRecord",
     "InvalidArgumentError",
     "ObjectChangedError",
+    "ObjectIdentity",
     "ObjectNotFoundError",
     "ObjectReader",
     "RangeFetcher",

@@ -13,6 +13,7 @@ import datetime as dt
 import logging
 import os
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import version
@@ -20,10 +21,18 @@ from typing import Any, TypedDict
 
 import numpy as np
 import pyarrow as pa
+import pyproj
 import shapely
 from shapely.geometry.base import BaseGeometry
 
-from cogflight_core import BuildError, BuildFailure, CogflightError, InvalidArgumentError
+from cogflight_core import (
+    BuildError,
+    BuildFailure,
+    CogflightError,
+    HeaderError,
+    InvalidArgumentError,
+    UnsupportedLayoutError,
+)
 
 from ._aio import synchronous
 from ._collection import Collection
@@ -39,8 +48,8 @@ from ._schema import (
     SCHEMA_VERSION,
     Band,
     asset_column,
+    asset_row,
     geo_metadata,
-    header_to_dict,
 )
 from ._stores import PERSISTED_OPTION_KEYS, StoreOptions, StoreRegistry
 
@@ -134,8 +143,8 @@ def _resolve_bands(
         if header is None:
             continue
         out.extend(BandSpec(n, asset, i) for i, n in enumerate(namer(header.samples)))
-    names = [b.name for b in out]
-    dupes = sorted({n for n in names if names.count(n) > 1})
+    counts = Counter(b.name for b in out)
+    dupes = sorted(n for n, k in counts.items() if k > 1)
     if dupes:
         raise InvalidArgumentError(f"band names must be unique; repeated: {', '.join(dupes)}")
     return out
@@ -203,44 +212,19 @@ async def assemble_async(
         needed_samples[b.asset] = max(needed_samples.get(b.asset, 0), b.sample + 1)
 
     failures: list[BuildFailure] = []
-    ok: list[tuple[SceneSpec, dict[str, HeaderRecord]]] = []
+    ok: list[_Scene] = []
     for scene in scenes:
-        headers: dict[str, HeaderRecord] = {}
-        problem: BuildFailure | None = None
-        for asset in assets:
-            href = scene.assets.get(asset)
-            if href is None:
-                problem = BuildFailure(
-                    scene.id, None, "MissingAsset", f"scene has no asset {asset!r}"
-                )
-                break
-            res = results[href]
-            if res.error is not None:
-                problem = build_failure(scene.id, href, res.error)
-                break
-            assert res.record is not None
-            if res.record.samples < needed_samples[asset]:
-                problem = BuildFailure(
-                    scene.id,
-                    href,
-                    "BandMismatch",
-                    f"file has {res.record.samples} samples but bands need {needed_samples[asset]}",
-                )
-                break
-            headers[asset] = res.record
-        if problem is None:
-            crss = {h.crs for h in headers.values()}
-            if len(crss) > 1:
-                problem = BuildFailure(
-                    scene.id,
-                    None,
-                    "MixedCRS",
-                    f"assets of one scene use different CRSs ({', '.join(sorted(crss))[:300]})",
-                )
-        if problem is not None:
-            failures.append(problem)
+        try:
+            outcome = _scene_outcome(scene, assets, needed_samples, results)
+        except Exception as exc:  # a bug or an odd value: this scene fails, the others stay
+            logger.debug("scene %r failed unexpectedly", scene.id, exc_info=True)
+            outcome = BuildFailure(scene.id, None, type(exc).__name__, _one_line(exc))
+        if isinstance(outcome, BuildFailure):
+            failures.append(outcome)
         else:
-            ok.append((scene, headers))
+            ok.append(outcome)
+    ok, unfit, arrays = _fit_assets(ok, assets)
+    failures.extend(unfit)
     # Files read but not used by any band still count if they failed.
     if failures:
         logger.warning(
@@ -257,8 +241,8 @@ async def assemble_async(
             f"{len(failures)} scenes of Collection {name!r} failed (strict=True)", failures
         )
 
-    table = _scene_table(ok, assets, passthrough)
-    first = {a: ok[0][1][a] for a in assets}
+    table = _scene_table(ok, arrays, passthrough)
+    first = {a: ok[0].headers[a] for a in assets}
     info = band_info or {}
     band_meta = []
     for b in resolved:
@@ -318,31 +302,119 @@ async def assemble_async(
     return Collection._from_parts(table, meta, geo, failures)
 
 
-def _scene_table(
-    ok: Sequence[tuple[SceneSpec, dict[str, HeaderRecord]]],
+@dataclass
+class _Scene:
+    """A scene whose headers were read: its headers, footprint and CRS."""
+
+    spec: SceneSpec
+    headers: dict[str, HeaderRecord]
+    geometry: BaseGeometry
+    crs: str
+
+
+_UNFIT = (pa.ArrowException, OverflowError, TypeError, ValueError)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().split("\n", 1)[0][:500]
+    return text or type(exc).__name__
+
+
+def _scene_outcome(
+    scene: SceneSpec,
     assets: Sequence[str],
-    passthrough: pa.Table | None,
-) -> pa.Table:
-    ids = [s.id for s, _ in ok]
-    dts = [s.datetime for s, _ in ok]
-    geoms: list[BaseGeometry] = []
-    crs: list[str] = []
-    for scene, headers in ok:
-        h = headers[assets[0]]
-        crs.append(h.crs)
-        geoms.append(
-            scene.geometry if scene.geometry is not None else bounds_footprint(h.bounds, h.crs)
+    needed_samples: Mapping[str, int],
+    results: Mapping[str, HeaderResult],
+) -> _Scene | BuildFailure:
+    """The scene's headers and footprint, or why it cannot be indexed."""
+    headers: dict[str, HeaderRecord] = {}
+    for asset in assets:
+        href = scene.assets.get(asset)
+        if href is None:
+            return BuildFailure(scene.id, None, "MissingAsset", f"scene has no asset {asset!r}")
+        res = results[href]
+        if res.error is not None:
+            return build_failure(scene.id, href, res.error)
+        assert res.record is not None
+        if res.record.samples < needed_samples[asset]:
+            return BuildFailure(
+                scene.id,
+                href,
+                "BandMismatch",
+                f"file has {res.record.samples} samples but bands need {needed_samples[asset]}",
+            )
+        headers[asset] = res.record
+    crss = {h.crs for h in headers.values()}
+    if len(crss) > 1:
+        return BuildFailure(
+            scene.id,
+            None,
+            "MixedCRS",
+            f"assets of one scene use different CRSs ({', '.join(sorted(crss))[:300]})",
         )
+    if scene.geometry is not None:
+        return _Scene(scene, headers, scene.geometry, next(iter(crss)))
+    h = headers[assets[0]]
+    try:
+        geometry = bounds_footprint(h.bounds, h.crs)
+    except (pyproj.exceptions.ProjError, pyproj.exceptions.CRSError, ValueError) as exc:
+        err = UnsupportedLayoutError(
+            h.href,
+            f"its CRS cannot be transformed to longitude/latitude (OGC:CRS84) for the "
+            f"footprint: {_one_line(exc)[:300]}; cogflight indexes rasters of the Earth",
+        )
+        return build_failure(scene.id, h.href, err)
+    if geometry.is_empty or not np.isfinite(geometry.bounds).all():
+        err = UnsupportedLayoutError(h.href, "its footprint has no finite longitude/latitude")
+        return build_failure(scene.id, h.href, err)
+    return _Scene(scene, headers, geometry, h.crs)
+
+
+def _fit_assets(
+    scenes: Sequence[_Scene], assets: Sequence[str]
+) -> tuple[list[_Scene], list[BuildFailure], dict[str, pa.Array]]:
+    """The scenes whose headers fit the asset columns, failures for the rest, the columns.
+
+    One conversion of all headers is the fast path; when it fails (an odd value in
+    a header, e.g. one over a column's integer range), each scene is tried alone.
+    """
+    values = {a: [asset_row(sc.headers[a]) for sc in scenes] for a in assets}
+    try:
+        return list(scenes), [], {a: pa.array(values[a], ASSET_TYPE) for a in assets}
+    except _UNFIT:
+        pass
+    kept: list[int] = []
+    failures: list[BuildFailure] = []
+    for i, sc in enumerate(scenes):
+        for a in assets:
+            try:
+                pa.array([values[a][i]], ASSET_TYPE)
+            except _UNFIT as exc:
+                err = HeaderError(
+                    sc.headers[a].href, f"a header value does not fit the index: {_one_line(exc)}"
+                )
+                failures.append(build_failure(sc.spec.id, sc.headers[a].href, err))
+                break
+        else:
+            kept.append(i)
+    arrays = {a: pa.array([values[a][i] for i in kept], ASSET_TYPE) for a in assets}
+    return [scenes[i] for i in kept], failures, arrays
+
+
+def _scene_table(
+    ok: Sequence[_Scene], arrays: Mapping[str, pa.Array], passthrough: pa.Table | None
+) -> pa.Table:
+    geoms = [sc.geometry for sc in ok]
     bboxes = [dict(zip(("xmin", "ymin", "xmax", "ymax"), g.bounds, strict=True)) for g in geoms]
     columns: dict[str, pa.Array | pa.ChunkedArray] = {
-        "id": pa.array(ids, pa.string()),
-        "datetime": pa.array(dts, pa.timestamp("us", tz="UTC")),
+        "id": pa.array([sc.spec.id for sc in ok], pa.string()),
+        "datetime": pa.array([sc.spec.datetime for sc in ok], pa.timestamp("us", tz="UTC")),
         "geometry": pa.array(shapely.to_wkb(geoms).tolist(), pa.binary()),
         "bbox": pa.array(bboxes, BBOX_TYPE),
-        "crs": pa.array(crs, pa.string()),
+        "crs": pa.array([sc.crs for sc in ok], pa.string()),
     }
     if passthrough is not None:
-        rows = pa.array([s.row for s, _ in ok], pa.int64())
+        rows = pa.array([sc.spec.row for sc in ok], pa.int64())
         taken = passthrough.take(rows)
         for col in taken.column_names:
             if col in columns or col.startswith(ASSET_PREFIX):
@@ -352,9 +424,8 @@ def _scene_table(
                     f"rename={{{col!r}: 'new_name'}} or leave it out with columns=[...]"
                 )
             columns[col] = taken.column(col)
-    for asset in assets:
-        values = [{"href": hs[asset].href, "header": header_to_dict(hs[asset])} for _, hs in ok]
-        columns[asset_column(asset)] = pa.array(values, ASSET_TYPE)
+    for asset, array in arrays.items():
+        columns[asset_column(asset)] = array
     return pa.table(columns)
 
 

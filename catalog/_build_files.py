@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import PurePosixPath
 from typing import Any, Unpack
@@ -69,8 +70,7 @@ def build_from_files(
     if isinstance(sources, Mapping):
         if bands is not None:
             raise InvalidArgumentError("bands: not used with a {scene: {band: href}} mapping")
-        order: list[str] = []
-        samples: dict[str, int] = {}
+        samples: dict[str, int] = {}  # band -> sample, in first-seen order
         for scene_id, band_map in sources.items():
             if not isinstance(band_map, Mapping) or not band_map:
                 raise InvalidArgumentError(
@@ -79,8 +79,7 @@ def build_from_files(
             assets: dict[str, str] = {}
             for band, target in band_map.items():
                 href, sample = href_sample(target, f"sources[{scene_id!r}][{band!r}]")
-                if band not in order:
-                    order.append(band)
+                if band not in samples:
                     samples[band] = sample
                 elif samples[band] != sample:
                     raise InvalidArgumentError(
@@ -92,7 +91,7 @@ def build_from_files(
             scenes.append(
                 SceneSpec(str(scene_id), _datetime_for(datetime, str(scene_id), first), assets)
             )
-        band_specs = [BandSpec(b, b, samples[b]) for b in order]
+        band_specs = [BandSpec(b, b, sample) for b, sample in samples.items()]
     else:
         if isinstance(sources, str | os.PathLike) or not isinstance(sources, Sequence):
             raise InvalidArgumentError(
@@ -102,7 +101,7 @@ def build_from_files(
         if not hrefs:
             raise InvalidArgumentError("sources: no files given")
         stems = [_stem(h) for h in hrefs]
-        dupes = sorted({s for s in stems if stems.count(s) > 1})
+        dupes = sorted(s for s, n in Counter(stems).items() if n > 1)
         if dupes:
             raise InvalidArgumentError(
                 f"several files share the scene id {', '.join(dupes[:5])!s} (file name without "

@@ -32,8 +32,11 @@ from ._schema import (
     Band,
     asset_column,
     header_from_dict,
+    identity_from_row,
+    normalise_assets,
     read_metadata,
 )
+from ._settings import settings
 from ._stores import StoreOptions, StoreRegistry, normalize_href, translate_storage_error
 
 __all__ = ["Collection", "load"]
@@ -59,6 +62,7 @@ class Collection:
     ) -> None:
         self._meta = read_metadata(table.schema, where)
         self._bands = tuple(Band.from_json(b) for b in self._meta.get("bands", []))
+        table = normalise_assets(table)  # older Collections lack the identity fields
         _validate(table, self._bands, where)
         self._table = table
         self._failures = tuple(failures)
@@ -152,13 +156,17 @@ class Collection:
         value = self._table.column(asset_column(b.asset))[row].as_py()
         if value is None:
             raise CollectionError(f"scene {self.ids[row]!r} has no asset {b.asset!r}")
-        return header_from_dict(value["href"], value["header"])
+        return header_from_dict(value["href"], value["header"], identity_from_row(value))
 
     def iter_headers(self, band: str) -> Iterator[HeaderRecord | None]:
         """Headers of one band for every scene, in row order."""
         b = self.band(band)
         for value in self._table.column(asset_column(b.asset)).to_pylist():
-            yield None if value is None else header_from_dict(value["href"], value["header"])
+            yield (
+                None
+                if value is None
+                else header_from_dict(value["href"], value["header"], identity_from_row(value))
+            )
 
     def describe(self) -> dict[str, Any]:
         """A JSON-able summary: size, bands, CRSs, time span, extent, columns."""
@@ -254,7 +262,7 @@ class Collection:
             logger.info("saved Collection %r (%d scenes) to %s", self.name, len(self), final)
             return str(final)
         data = self.to_parquet_bytes()
-        store, path = StoreRegistry(store_options).resolve(target)
+        store, path = StoreRegistry(store_options, retries=settings().max_retries).resolve(target)
         try:
             obstore.put(store, path, data)
         except Exception as exc:
@@ -293,7 +301,9 @@ def load(
             # (a quarter of a second of a cold start).
             table = pq.ParquetFile(target).read()
         else:
-            store, path = StoreRegistry(store_options).resolve(target)
+            store, path = StoreRegistry(store_options, retries=settings().max_retries).resolve(
+                target
+            )
             try:
                 data = obstore.get(store, path).bytes()
             except Exception as exc:

@@ -1,7 +1,11 @@
 """How the raw IFDs of a GeoTIFF become a :class:`~catalog.HeaderRecord`.
 
 Files the server cannot serve correctly are rejected here, at indexing time,
-with :class:`~catalog.UnsupportedLayoutError` naming the file and the reason.
+with :class:`~catalog.UnsupportedLayoutError` naming the file and the reason;
+so are files over the storage limits (``max_samples`` bands per file,
+``max_tile_bytes`` decoded bytes per tile), which bound the work of indexing a
+file and the memory of reading one tile. Every value that reaches a
+:class:`HeaderRecord` is in the range its index column holds.
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ from __future__ import annotations
 import logging
 import re
 import xml.etree.ElementTree as ET
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
@@ -23,6 +28,7 @@ from ._geokeys import (
     parse_geokeys,
 )
 from ._records import COMPRESSIONS, HeaderRecord, ImageRecord, levels_summary, parse_nodata
+from ._settings import settings
 from ._tiff import IFD, RawTiff
 
 __all__ = [
@@ -96,13 +102,22 @@ def _uniform(href: str, values: object, what: str, default: int) -> int:
     if arr.size == 0:
         return default
     if not np.all(arr == arr[0]):
+        distinct = np.unique(arr)  # numpy, bounded below: a hostile tag may hold millions
+        shown = ", ".join(str(v) for v in distinct[:8].tolist())
+        more = f", ... ({distinct.size} values)" if distinct.size > 8 else ""
         raise UnsupportedLayoutError(
-            href, f"samples differ in {what} ({sorted(set(arr.tolist()))}); cogflight needs one"
+            href, f"samples differ in {what} ([{shown}{more}]); cogflight needs one"
         )
     return int(arr[0])
 
 
-def _image(href: str, ifd: IFD, *, is_mask: bool) -> tuple[ImageRecord, int, int]:
+@dataclass(frozen=True, slots=True)
+class _Limits:
+    max_samples: int
+    max_tile_bytes: int
+
+
+def _image(href: str, ifd: IFD, *, is_mask: bool, limits: _Limits) -> tuple[ImageRecord, int, int]:
     """Interpret one IFD as a tiled image; returns the image, samples and sample format."""
     tags = ifd.tags
     where = f"IFD at byte {ifd.offset}"
@@ -127,6 +142,12 @@ def _image(href: str, ifd: IFD, *, is_mask: bool) -> tuple[ImageRecord, int, int
     samples = _first(tags.get(277), 1) or 1
     if not 0 < samples <= 65535:
         raise HeaderError(href, f"{where} declares {samples} samples per pixel")
+    if samples > limits.max_samples:
+        raise UnsupportedLayoutError(
+            href,
+            f"{where} declares {samples} samples (bands) per pixel, over the limit of "
+            f"{limits.max_samples} (max_samples, COGFLIGHT_MAX_SAMPLES)",
+        )
     bits = _uniform(href, tags.get(258), "bits per sample", 1)
     sample_format = _uniform(href, tags.get(339), "sample format", 1)
     compression = _first(tags.get(259), 1) or 1
@@ -144,6 +165,16 @@ def _image(href: str, ifd: IFD, *, is_mask: bool) -> tuple[ImageRecord, int, int
         )
     if predictor not in (1, 2, 3):
         raise UnsupportedLayoutError(href, f"predictor {predictor} is not supported")
+    per_tile = 1 if planar == 2 else samples
+    tile_bytes = (tw * bits * per_tile + 7) // 8 * th
+    if tile_bytes > limits.max_tile_bytes:
+        raise UnsupportedLayoutError(
+            href,
+            f"{where} has {tw} x {th} tiles of {per_tile} x {bits}-bit samples: "
+            f"{tile_bytes} decoded bytes per tile, over the limit of {limits.max_tile_bytes} "
+            "(max_tile_bytes, COGFLIGHT_MAX_TILE_BYTES); re-tile it, e.g. "
+            "`gdal_translate -of COG -co BLOCKSIZE=512 in.tif out.tif`",
+        )
     tiles = (-(-width // tw)) * (-(-height // th)) * (samples if planar == 2 else 1)
     offsets = tags.get(324)
     counts = tags.get(325)
@@ -160,6 +191,12 @@ def _image(href: str, ifd: IFD, *, is_mask: bool) -> tuple[ImageRecord, int, int
     jpeg_tables = tags.get(347)
     ycbcr = tags.get(530)
     lerc = tags.get(50674)
+    if ycbcr is not None and photometric == _PHOTOMETRIC_YCBCR:
+        factors = np.asarray(ycbcr).ravel()[:2]
+        if factors.size < 2 or not np.isin(factors, (1, 2, 4)).all():
+            raise HeaderError(href, f"{where} has invalid YCbCrSubSampling {factors.tolist()}")
+    if lerc is not None and np.asarray(lerc).max(initial=0) >= 2**31:
+        raise HeaderError(href, f"{where} has out-of-range LercParameters")
     image = ImageRecord(
         width=width,
         height=height,
@@ -252,13 +289,27 @@ def parse_gdal_metadata(
     return tuple(scales), tuple(offsets), tuple(descriptions)
 
 
-def header_from_raw(href: str, raw: RawTiff) -> HeaderRecord:
+def header_from_raw(
+    href: str,
+    raw: RawTiff,
+    *,
+    max_samples: int | None = None,
+    max_tile_bytes: int | None = None,
+) -> HeaderRecord:
     """Interpret the IFDs of a file as a servable GeoTIFF.
+
+    ``max_samples`` and ``max_tile_bytes`` default to the storage settings.
 
     Raises:
         HeaderError: the IFDs contradict themselves.
-        UnsupportedLayoutError: valid TIFF the server cannot serve correctly.
+        UnsupportedLayoutError: valid TIFF the server cannot serve correctly, or one
+            over a limit (the message names it).
     """
+    s = settings()
+    limits = _Limits(
+        s.max_samples if max_samples is None else max_samples,
+        s.max_tile_bytes if max_tile_bytes is None else max_tile_bytes,
+    )
     mains: list[IFD] = []
     overviews: list[IFD] = []
     mask_ifds: list[IFD] = []
@@ -285,12 +336,12 @@ def header_from_raw(href: str, raw: RawTiff) -> HeaderRecord:
             "single-image GeoTIFFs: split the pages into separate files",
         )
     main = mains[0]
-    base, samples, sample_format = _image(href, main, is_mask=False)
+    base, samples, sample_format = _image(href, main, is_mask=False, limits=limits)
     dtype = _DTYPES[(sample_format, base.bits_per_sample)]
 
     levels = [base]
     for ifd in sorted(overviews, key=lambda i: -(_first(i.tags.get(256)) or 0)):
-        img, ov_samples, ov_format = _image(href, ifd, is_mask=False)
+        img, ov_samples, ov_format = _image(href, ifd, is_mask=False, limits=limits)
         if (ov_samples, ov_format, img.bits_per_sample) != (
             samples,
             sample_format,
@@ -305,7 +356,7 @@ def header_from_raw(href: str, raw: RawTiff) -> HeaderRecord:
 
     masks: list[ImageRecord | None] = [None] * len(levels)
     for ifd in mask_ifds:
-        img, _, _ = _image(href, ifd, is_mask=True)
+        img, _, _ = _image(href, ifd, is_mask=True, limits=limits)
         if img.bits_per_sample not in (1, 8):
             raise UnsupportedLayoutError(href, f"{img.bits_per_sample}-bit internal mask")
         match = [
@@ -346,6 +397,8 @@ def header_from_raw(href: str, raw: RawTiff) -> HeaderRecord:
         raise UnsupportedLayoutError(href, str(exc)) from exc
 
     extra = tags.get(338)
+    if extra is not None and np.asarray(extra).max(initial=0) > 2:
+        raise HeaderError(href, "ExtraSamples holds values other than 0, 1 and 2")
     gdal_metadata = tags.get(42112)
     gdal_metadata_text = gdal_metadata if isinstance(gdal_metadata, str) else None
     nodata = tags.get(42113)

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from cogflight_core import CogflightError, HeaderError, InvalidArgumentError, StorageError
 
 from ._aio import run_sync
-from ._fetch import ObjectReader, RangeReader
 from ._header import HeaderRecord, header_from_raw
+from ._reader import ObjectReader, RangeReader
 from ._settings import settings
 from ._stores import StoreOptions, StoreRegistry, default_registry
 from ._tiff import read_raw_tiff
@@ -51,6 +51,7 @@ async def read_header_async(
     record = header_from_raw(reader.href, raw)
     if isinstance(reader, ObjectReader):  # exact request count, not just round trips
         object.__setattr__(record, "round_trips", raw.round_trips)
+        object.__setattr__(record, "identity", reader.identity)  # what the Collection records
     return record
 
 

@@ -19,6 +19,7 @@ from typing import Literal
 import numpy as np
 import pyproj
 
+from ._identity import ObjectIdentity
 from ._proj import crs as crs_of
 
 __all__ = ["COMPRESSIONS", "HeaderRecord", "ImageRecord", "levels_summary", "parse_nodata"]
@@ -107,6 +108,8 @@ class HeaderRecord:
     masks: tuple[ImageRecord | None, ...]
     round_trips: int = field(default=0, compare=False)
     header_bytes: int = field(default=0, compare=False)
+    identity: ObjectIdentity | None = field(default=None, compare=False)
+    """The object as indexed (size, ETag, modification time), where the store said."""
 
     @property
     def width(self) -> int:

@@ -13,11 +13,13 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute
 import pyproj
 
 from cogflight_core import CollectionError, SchemaVersionError
 
 from ._header import HeaderRecord, ImageRecord
+from ._identity import ObjectIdentity
 
 __all__ = [
     "ASSET_PREFIX",
@@ -29,8 +31,11 @@ __all__ = [
     "SCHEMA_VERSION",
     "Band",
     "asset_column",
+    "asset_row",
     "header_from_dict",
     "header_to_dict",
+    "identity_from_row",
+    "normalise_assets",
 ]
 
 SCHEMA_VERSION = 1
@@ -79,8 +84,19 @@ HEADER_TYPE = pa.struct(
     ]
 )
 
+IDENTITY_FIELDS = (
+    pa.field("size", pa.uint64()),
+    pa.field("etag", pa.string()),
+    pa.field("last_modified", pa.timestamp("us", tz="UTC")),
+)
+"""Optional fields of an asset (added in schema version 1, so Collections may lack them)."""
+
 ASSET_TYPE = pa.struct(
-    [pa.field("href", pa.string(), nullable=False), pa.field("header", HEADER_TYPE, nullable=False)]
+    [
+        pa.field("href", pa.string(), nullable=False),
+        pa.field("header", HEADER_TYPE, nullable=False),
+        *IDENTITY_FIELDS,
+    ]
 )
 
 BBOX_TYPE = pa.struct(
@@ -203,11 +219,64 @@ def _image_from_dict(d: Mapping[str, Any]) -> ImageRecord:
     )
 
 
-def header_from_dict(href: str, d: Mapping[str, Any]) -> HeaderRecord:
+def asset_row(h: HeaderRecord) -> dict[str, Any]:
+    """One value of an asset column: href, header and the object's identity when known."""
+    row: dict[str, Any] = {"href": h.href, "header": header_to_dict(h)}
+    row.update((h.identity or ObjectIdentity()).to_row())
+    return row
+
+
+def identity_from_row(row: Mapping[str, Any]) -> ObjectIdentity | None:
+    """The identity recorded in one value of an asset column (None: nothing recorded)."""
+    return ObjectIdentity.from_row(row)
+
+
+def normalise_assets(table: pa.Table) -> pa.Table:
+    """``table`` with every asset column of :data:`ASSET_TYPE`.
+
+    Collections written before the identity fields existed (and any later ones
+    with fields this release does not know) hold structs with ``href`` and
+    ``header``; their columns gain the missing optional fields as nulls, so every
+    reader sees one type. Columns that are not asset records are left for
+    validation to refuse.
+    """
+    for i, f in enumerate(table.schema):
+        if not f.name.startswith(ASSET_PREFIX) or f.type.equals(ASSET_TYPE):
+            continue
+        t = f.type
+        if not pa.types.is_struct(t):
+            continue
+        names = [t.field(k).name for k in range(t.num_fields)]
+        base = ASSET_TYPE.field("href"), ASSET_TYPE.field("header")
+        if any(b.name not in names or not t.field(b.name).type.equals(b.type) for b in base):
+            continue
+        if any(
+            o.name in names and not t.field(o.name).type.equals(o.type) for o in IDENTITY_FIELDS
+        ):
+            continue
+        chunks = []
+        for chunk in table.column(i).chunks:
+            children = [
+                chunk.field(name)
+                if name in names
+                else pa.nulls(len(chunk), ASSET_TYPE.field(name).type)
+                for name in (ASSET_TYPE.field(k).name for k in range(ASSET_TYPE.num_fields))
+            ]
+            mask = pa.compute.invert(chunk.is_valid()) if chunk.null_count else None
+            chunks.append(pa.StructArray.from_arrays(children, fields=list(ASSET_TYPE), mask=mask))
+        column = pa.chunked_array(chunks, type=ASSET_TYPE)
+        table = table.set_column(i, pa.field(f.name, ASSET_TYPE, f.nullable, f.metadata), column)
+    return table
+
+
+def header_from_dict(
+    href: str, d: Mapping[str, Any], identity: ObjectIdentity | None = None
+) -> HeaderRecord:
     """Rebuild a :class:`HeaderRecord` from a row of an asset column."""
     gt = d["geotransform"]
     return HeaderRecord(
         href=href,
+        identity=identity,
         byte_order=">" if d["byte_order"] == ">" else "<",
         bigtiff=bool(d["bigtiff"]),
         dtype=str(d["dtype"]),

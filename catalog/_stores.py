@@ -8,8 +8,9 @@ dropped after ``fork`` because obstore's runtime is not fork-safe.
 
 Concurrency policy: the registry is thread-safe (one lock around its store
 cache). Reading bytes is :mod:`catalog._fetch`'s job (:class:`ObjectReader`,
-re-exported here), which coalesces nearby ranges and issues the resulting
-requests concurrently; callers bound how many readers run at once.
+re-exported here), which coalesces nearby ranges, issues the resulting
+requests concurrently and retries them (obstore's own retries are off unless a
+registry asks for them); callers bound how many readers run at once.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from obstore.store import AzureStore, GCSStore, HTTPStore, LocalStore, S3Store
 
 from cogflight_core import InvalidArgumentError
 
-from ._fetch import ObjectReader, RangeReader, is_range_past_end, translate_storage_error
+from ._fetch import is_range_past_end, translate_storage_error
+from ._reader import ObjectReader, RangeReader
 from ._settings import settings
 
 if TYPE_CHECKING:
@@ -111,7 +113,10 @@ class StoreRegistry:
 
     ``options`` apply to every href; ``overrides`` maps href prefixes (for
     example ``"s3://usgs-landsat"``) to options that replace the defaults for
-    matching hrefs. Thread-safe.
+    matching hrefs. ``retries``: obstore's own retries of a failed request; 0
+    (the default) for stores read through :class:`~catalog.RangeFetcher`, which
+    retries and counts itself. Whole-object reads outside it (loading a Collection,
+    listing a root) ask for ``settings().max_retries``. Thread-safe.
     """
 
     def __init__(
@@ -119,9 +124,11 @@ class StoreRegistry:
         options: StoreOptions | None = None,
         *,
         overrides: Mapping[str, StoreOptions] | None = None,
+        retries: int = 0,
     ) -> None:
         self._options: StoreOptions = dict(options or {})  # type: ignore[assignment]
         self._overrides = dict(overrides or {})
+        self._retries = int(retries)
         self._stores: dict[tuple[Any, ...], ObjectStore] = {}
         self._lock = threading.Lock()
         self._pid = os.getpid()
@@ -148,7 +155,7 @@ class StoreRegistry:
         """Return the store serving ``href`` and the path inside it."""
         href = normalize_href(href)
         opts = self.options_for(href)
-        key, factory, path = _plan_store(href, opts)
+        key, factory, path = _plan_store(href, opts, self._retries)
         with self._lock:
             if os.getpid() != self._pid:  # after fork: never reuse the parent's runtime
                 self._stores.clear()
@@ -176,10 +183,10 @@ def _client_options(opts: StoreOptions, http: bool) -> dict[str, Any]:
     return client
 
 
-def _retry_config() -> dict[str, Any]:
+def _retry_config(retries: int) -> dict[str, Any]:
     s = settings()
     return {
-        "max_retries": s.max_retries,
+        "max_retries": retries,
         "backoff": {
             "init_backoff": timedelta(milliseconds=100),
             "max_backoff": timedelta(seconds=5),
@@ -197,7 +204,9 @@ def _frozen(opts: Mapping[str, Any]) -> tuple[Any, ...]:
     return tuple(items)
 
 
-def _plan_store(href: str, opts: StoreOptions) -> tuple[tuple[Any, ...], Any, str]:
+def _plan_store(
+    href: str, opts: StoreOptions, retries: int = 0
+) -> tuple[tuple[Any, ...], Any, str]:
     """Return (cache key, zero-argument store factory, path in store)."""
     parts = urlsplit(href)
     scheme = parts.scheme.lower()
@@ -233,7 +242,7 @@ def _plan_store(href: str, opts: StoreOptions) -> tuple[tuple[Any, ...], Any, st
             return S3Store(
                 bucket,
                 client_options=_client_options(opts, http),  # type: ignore[arg-type]
-                retry_config=_retry_config(),  # type: ignore[arg-type]
+                retry_config=_retry_config(retries),  # type: ignore[arg-type]
                 **cfg,
             )
 
@@ -252,7 +261,7 @@ def _plan_store(href: str, opts: StoreOptions) -> tuple[tuple[Any, ...], Any, st
             return GCSStore(
                 bucket,
                 client_options=_client_options(opts, False),  # type: ignore[arg-type]
-                retry_config=_retry_config(),  # type: ignore[arg-type]
+                retry_config=_retry_config(retries),  # type: ignore[arg-type]
                 **gcfg,
             )
 
@@ -270,7 +279,7 @@ def _plan_store(href: str, opts: StoreOptions) -> tuple[tuple[Any, ...], Any, st
                 f"{href!r} names no storage account; pass store option azure_account "
                 "or set AZURE_STORAGE_ACCOUNT_NAME"
             )
-        return _azure(account, container, path, opts, extra, frozen)
+        return _azure(account, container, path, opts, extra, frozen, retries)
     if scheme in ("http", "https") and parts.netloc.endswith(".blob.core.windows.net"):
         account = parts.netloc.split(".", 1)[0]
         container, _, blob = path.partition("/")
@@ -279,7 +288,7 @@ def _plan_store(href: str, opts: StoreOptions) -> tuple[tuple[Any, ...], Any, st
                 raise InvalidArgumentError(
                     f"{href!r} is already signed; give the plain URL, cogflight signs it"
                 )
-            return _azure(account, container, blob, opts, extra, frozen)
+            return _azure(account, container, blob, opts, extra, frozen, retries)
         raise InvalidArgumentError(
             f"{href!r} carries a SAS token; give the plain URL with store option "
             "planetary_computer=True, or AZURE_STORAGE_SAS_KEY in the environment"
@@ -291,7 +300,7 @@ def _plan_store(href: str, opts: StoreOptions) -> tuple[tuple[Any, ...], Any, st
             return HTTPStore.from_url(
                 base,
                 client_options=_client_options(opts, scheme == "http"),  # type: ignore[arg-type]
-                retry_config=_retry_config(),  # type: ignore[arg-type]
+                retry_config=_retry_config(retries),  # type: ignore[arg-type]
             )
 
         return ("http", base, frozen), make_http, path
@@ -305,6 +314,7 @@ def _azure(
     opts: StoreOptions,
     extra: dict[str, Any],
     frozen: tuple[Any, ...],
+    retries: int,
 ) -> tuple[tuple[Any, ...], Any, str]:
     if not container or not path:
         raise InvalidArgumentError(
@@ -330,7 +340,7 @@ def _azure(
             account_name=account,
             credential_provider=provider,
             client_options=_client_options(opts, http),  # type: ignore[arg-type]
-            retry_config=_retry_config(),  # type: ignore[arg-type]
+            retry_config=_retry_config(retries),  # type: ignore[arg-type]
             **cfg,
         )
 

@@ -160,15 +160,30 @@ class _Source:
         self.reader = reader
         self.href = href
         self.segments: list[tuple[int, memoryview]] = []
+        # The longest segment at each start: tag values are looked up where they were
+        # fetched, so thousands of values (256 IFDs x many tags) cost no quadratic scan.
+        self._starts: dict[int, memoryview] = {}
         self.eof: int | None = None  # exact file size, once a short non-empty read revealed it
         self.ends_before: int | None = None  # an empty read at this offset: the file ends earlier
         self.round_trips = 0
         self.bytes_read = 0
 
+    def _add(self, start: int, view: memoryview) -> None:
+        self.segments.append((start, view))
+        held = self._starts.get(start)
+        if held is None or len(view) > len(held):
+            self._starts[start] = view
+
     def has(self, start: int, end: int) -> bool:
+        held = self._starts.get(start)
+        if held is not None and end <= start + len(held):
+            return True
         return any(s <= start and end <= s + len(v) for s, v in self.segments)
 
     def view(self, start: int, end: int) -> memoryview:
+        held = self._starts.get(start)
+        if held is not None and end <= start + len(held):
+            return held[: end - start]
         for s, v in self.segments:
             if s <= start and end <= s + len(v):
                 return v[start - s : end - s]
@@ -215,7 +230,7 @@ class _Source:
             elif not len(view):
                 self.ends_before = a if self.ends_before is None else min(self.ends_before, a)
             if len(view):
-                self.segments.append((a, view))
+                self._add(a, view)
         if speculative:
             return
         for a, b in wanted:

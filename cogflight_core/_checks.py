@@ -26,6 +26,7 @@ __all__ = [
     "expect",
     "geometries",
     "ignore",
+    "non_negative_int",
     "number",
     "number_or_pair",
     "positive_int",
@@ -96,6 +97,13 @@ def positive_int(value: Any, field: str) -> int:
     expect(value, int, field, "a positive integer")
     if value < 1:
         raise InvalidArgumentError(f"{field}: expected a positive integer, got {value}")
+    return value  # type: ignore[no-any-return]
+
+
+def non_negative_int(value: Any, field: str) -> int:
+    expect(value, int, field, "an integer >= 0")
+    if value < 0:
+        raise InvalidArgumentError(f"{field}: expected an integer >= 0, got {value}")
     return value  # type: ignore[no-any-return]
 
 

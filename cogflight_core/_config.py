@@ -280,15 +280,26 @@ def _from_env(cls: type, env: Mapping[str, str], base: Any = None) -> Any:
 
 
 def with_updates(settings: Any, source: str = "argument", **updates: Any) -> Any:
-    """``settings`` with some fields replaced, each checked (None leaves a field as it is)."""
+    """``settings`` with some fields replaced, each checked (None leaves a field as it is).
+
+    A string value is read by the field's parser (``cache_bytes="2GiB"``).
+    """
     cls = type(settings)
-    known = {f.name for f in fields(cls)}
+    specs = {f.name: spec for f, spec in settings_fields(cls)}
     clean: dict[str, Any] = {}
     for name, value in updates.items():
-        if name not in known:
+        if name not in specs:
             raise InvalidArgumentError(f"{name}: not a setting of {cls.__name__}")
-        if value is not None:
-            clean[name] = _check(cls, name, value, f"{source} {name}")
+        if value is None:
+            continue
+        where = f"{source} {name}"
+        parsed = value
+        if isinstance(value, str) and specs[name].parse is not _text:
+            try:
+                parsed = specs[name].parse(value)
+            except (ValueError, InvalidArgumentError) as exc:
+                raise InvalidArgumentError(f"{where}: {exc}") from exc
+        clean[name] = _check(cls, name, parsed, where)
     return replace(settings, **clean)
 
 

@@ -249,6 +249,16 @@ class ChipQuery(TypedDict, total=False):
             checks.choice("raise", "skip"),
         ),
     ]
+    skip: Annotated[
+        int,
+        Field(
+            "int >= 0",
+            "0",
+            "leave out this many chips at the start of the stream (after `shard`): a client "
+            "resuming a broken stream skips what it already has (see `ordinal`)",
+            checks.non_negative_int,
+        ),
+    ]
 
 
 @cache

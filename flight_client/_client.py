@@ -11,17 +11,26 @@ use there: direct gRPC channels, or, in a process forked after gRPC started (a
 DataLoader worker forked by default on Linux), helper processes (``_relay``).
 A forked child never touches the parent's channels, and never shuts down a
 server the parent started.
+
+Chip streams (:meth:`Client.chips`, :meth:`Client.read_endpoint`) survive a lost
+server: a stream broken by ``UNAVAILABLE`` is opened again at the endpoint's
+next location, or after a wait at the same one, and resumes after the last chip
+delivered (``_retry``; budget: ``retries`` and ``retry_wait_s``). Metadata calls
+are not retried. An embedded server still running at interpreter exit is shut
+down first (an :mod:`atexit` hook), so its engine's threads are gone before the
+interpreter finalises.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
 import tempfile
 import threading
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Unpack
 
@@ -38,6 +47,7 @@ from cogflight_core import (
 from cogflight_core._fork import mark_grpc_started
 
 from ._query import build_index_query, build_query
+from ._retry import DEFAULT_RETRY, RetryPolicy, resumable
 from ._transport import DirectTransport, Transport, keep_inherited, open_transport
 
 __all__ = ["Client", "connect"]
@@ -46,7 +56,11 @@ logger = logging.getLogger("cogflight.client")
 
 
 class Client:
-    """A connection to a cogflight Flight server (see :func:`connect`)."""
+    """A connection to a cogflight Flight server (see :func:`connect`).
+
+    ``retries`` (default 6) broken-stream attempts in a row, waiting ``retry_wait_s``
+    (default 0.5 s, doubling up to 5 s) between rounds over an endpoint's locations.
+    """
 
     def __init__(
         self,
@@ -57,8 +71,11 @@ class Client:
         cert_chain: bytes | None = None,
         private_key: bytes | None = None,
         embedded: Any = None,
+        retries: int = DEFAULT_RETRY.retries,
+        retry_wait_s: float = DEFAULT_RETRY.wait_s,
     ) -> None:
         self.location = location
+        self.retry = RetryPolicy(retries, retry_wait_s, max(DEFAULT_RETRY.max_wait_s, retry_wait_s))
         self._token = token
         self._tls = {
             k: v
@@ -84,10 +101,22 @@ class Client:
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickle as an address: the receiving process connects on first use."""
-        return {"location": self.location, "token": self._token, "tls": self._tls}
+        return {
+            "location": self.location,
+            "token": self._token,
+            "tls": self._tls,
+            "retry": (self.retry.retries, self.retry.wait_s),
+        }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["location"], token=state["token"], **state["tls"])  # type: ignore[misc]
+        retries, wait = state.get("retry", (DEFAULT_RETRY.retries, DEFAULT_RETRY.wait_s))
+        self.__init__(  # type: ignore[misc]
+            state["location"],
+            token=state["token"],
+            retries=retries,
+            retry_wait_s=wait,
+            **state["tls"],
+        )
 
     def _transport(self) -> Transport:
         """This process's transport, chosen on first use in it."""
@@ -126,8 +155,9 @@ class Client:
             else:  # a parent's channels: closing or freeing them here would hang
                 keep_inherited(transport)
         if self._embedded is not None and os.getpid() == self._owner:
-            self._embedded.shutdown()
-            self._embedded = None
+            server, self._embedded = self._embedded, None
+            _EMBEDDED.discard(self)
+            server.shutdown()
 
     def __enter__(self) -> Client:
         return self
@@ -199,11 +229,22 @@ class Client:
         return self._transport().flight_info(descriptor)
 
     def read_endpoint(self, endpoint: flight.FlightEndpoint) -> Iterator[pa.RecordBatch]:
-        """Stream one endpoint's batches, from its advertised location when it has one."""
-        where = endpoint.locations[0].uri.decode() if endpoint.locations else None
-        if where and where.startswith("arrow-flight-reuse-connection"):
-            where = None
-        yield from self._transport().stream(endpoint.ticket.ticket, where)
+        """Stream one endpoint's batches from its advertised locations, in order.
+
+        A broken stream is retried at the next location (then, after a wait, the first
+        again) and resumed after the last chip delivered: every chip arrives once.
+        """
+        locations: list[str | None] = []
+        for loc in endpoint.locations:
+            uri = loc.uri.decode()
+            locations.append(None if uri.startswith("arrow-flight-reuse-connection") else uri)
+        yield from self._stream(endpoint.ticket.ticket, locations or [None])
+
+    def _stream(self, ticket: bytes, locations: list[str | None]) -> Iterator[pa.RecordBatch]:
+        transport = self._transport()
+        yield from resumable(
+            transport.stream, ticket, locations, self.retry, reconnect=transport.reconnect
+        )
 
     def chips(self, collection: str, **fields: Unpack[ChipQuery]) -> Iterator[pa.RecordBatch]:
         """Chips as RecordBatches, streamed as the server produces them.
@@ -214,7 +255,7 @@ class Client:
         arrays of boxes or points.
         """
         ticket = json.dumps(build_query(collection, **fields)).encode()
-        yield from self._transport().stream(ticket, None)
+        yield from self._stream(ticket, [None])
 
 
 def connect(
@@ -226,6 +267,9 @@ def connect(
     cert_chain: bytes | None = None,
     private_key: bytes | None = None,
     cache_bytes: int | str | None = None,
+    allow: Sequence[str] | None = None,
+    retries: int = DEFAULT_RETRY.retries,
+    retry_wait_s: float = DEFAULT_RETRY.wait_s,
 ) -> Client:
     """Connect to a server, or start one in this process when ``location`` is None.
 
@@ -235,6 +279,14 @@ def connect(
         token: bearer token for servers started with ``--token-file``.
         tls_root_certs, cert_chain, private_key: TLS trust and client certificate (PEM).
         cache_bytes: decoded-tile cache of the embedded server.
+        allow: what the embedded server may read. By default it reads any href its
+            Collections name: it runs in your process, over your Collections, with your
+            permissions, like any library you call. Give prefixes (local directories,
+            ``s3://bucket/prefix``, ``https://host/path``) to restrict it, as a shared
+            server is (``cogflight serve --allow``): then only ``root`` and these.
+        retries: attempts in a row to reopen a broken chip stream (default 6).
+        retry_wait_s: first wait between rounds over an endpoint's locations (default
+            0.5 s, doubling up to 5 s).
     """
     if location is not None:
         if root is not None:
@@ -245,9 +297,11 @@ def connect(
             tls_root_certs=tls_root_certs,
             cert_chain=cert_chain,
             private_key=private_key,
+            retries=retries,
+            retry_wait_s=retry_wait_s,
         )
     try:
-        from flight_server import Server
+        from flight_server import AccessPolicy, Server
     except ImportError as exc:  # pragma: no cover - both ship in the cogflight distribution
         raise MissingDependencyError(
             "embedded mode needs the cogflight server package: pip install cogflight"
@@ -260,8 +314,34 @@ def connect(
         )
     sock = Path(tempfile.gettempdir()) / f"cogflight-{os.getpid()}-{uuid.uuid4().hex[:8]}.sock"
     mark_grpc_started()
+    policy = (
+        AccessPolicy.open()
+        if allow is None
+        else AccessPolicy.for_root(str(root_path), [str(a) for a in allow])
+    )
     server = Server(
-        str(root_path), unix_socket=str(sock), cache_bytes=cache_bytes, workers=1
+        str(root_path), unix_socket=str(sock), cache_bytes=cache_bytes, workers=1, policy=policy
     ).start()
     logger.info("embedded cogflight server over %s at %s", root_path, server.location)
-    return Client(server.location, embedded=server)
+    client = Client(server.location, embedded=server, retries=retries, retry_wait_s=retry_wait_s)
+    if not _EMBEDDED_HOOK:  # registered after flight_server's own hooks: runs before them
+        atexit.register(_close_embedded_at_exit)
+        _EMBEDDED_HOOK.append(True)
+    _EMBEDDED.add(client)
+    return client
+
+
+# Clients that started an embedded server not yet shut down (held: the server runs on).
+_EMBEDDED: set[Client] = set()
+_EMBEDDED_HOOK: list[bool] = []
+
+
+def _close_embedded_at_exit() -> None:
+    """Shut down embedded servers still running (their engines too) before finalisation."""
+    for client in list(_EMBEDDED):
+        if client._owner == os.getpid():
+            try:
+                client.close()
+            except Exception:  # exiting anyway: the next server still gets its turn
+                logger.debug("closing an embedded server at exit failed", exc_info=True)
+    _EMBEDDED.clear()

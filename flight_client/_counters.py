@@ -12,6 +12,7 @@ _counters = {
     "realigned": 0,
     "cast_copies": 0,
     "relayed_requests": 0,
+    "stream_retries": 0,
 }
 _lock = threading.Lock()
 
@@ -22,7 +23,8 @@ def stats() -> dict[str, int]:
     ``batches`` converted by :func:`to_torch`, ``zero_copy`` tensors that share the
     received buffer, ``realigned`` and ``cast_copies`` (copies made, and why), and
     ``relayed_requests``: calls served through a helper process because this process
-    was forked from one that had already started gRPC.
+    was forked from one that had already started gRPC; ``stream_retries``: broken chip
+    streams opened again (and resumed after their last chip).
     """
     with _lock:
         return dict(_counters)

@@ -78,7 +78,9 @@ class ChipDataset(IterableDataset[dict[str, Any]]):
         **query: the wire-contract fields (geometries, bands, chip_size, filter...).
 
     Every chip of the query is yielded exactly once per epoch over all DDP ranks and
-    DataLoader workers. Each consumer may get a different number of chips.
+    DataLoader workers, also across a server restart: a broken stream is resumed after
+    its last chip (``Client(retries=..., retry_wait_s=...)``). Each consumer may get a
+    different number of chips.
 
     Worker processes: with the default ``fork`` start method on Linux, workers forked
     after this process started gRPC (it planned a query, used the client, or runs an

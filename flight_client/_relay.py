@@ -201,6 +201,13 @@ class RelayTransport:
         batches = [pa.ipc.read_record_batch(p, schema) for p in payloads[1:]]
         return pa.Table.from_batches(batches, schema=schema)
 
+    def reconnect(self, location: str | None) -> None:
+        """Fresh connections on the next calls: the idle helpers (and their channels) stop."""
+        with self._lock:
+            helpers, self._idle = self._idle, []
+        for helper in helpers:
+            helper.close()
+
     def close(self) -> None:
         """Stop the idle helpers; busy ones stop when their call ends."""
         with self._lock:

@@ -52,6 +52,10 @@ class Transport(Protocol):
         """``DoGet`` as one table (with its schema even when it has no rows)."""
         ...
 
+    def reconnect(self, location: str | None) -> None:
+        """Open a fresh connection to ``location`` on the next call (after it failed)."""
+        ...
+
     def close(self) -> None:
         """Release channels or helpers (only in the process that opened them)."""
         ...
@@ -80,6 +84,10 @@ class DirectTransport:
         self._headers = [(b"authorization", f"Bearer {token}".encode())] if token else []
         self._lock = threading.Lock()
         self._clients: dict[str, flight.FlightClient] = {}
+        # Replaced after a failure, closed with the transport: other threads may still
+        # be reading through them, and a channel in reconnect backoff (up to minutes
+        # after a long outage) would fail calls that a fresh one serves.
+        self._replaced: list[flight.FlightClient] = []
 
     def _options(self) -> flight.FlightCallOptions:
         return flight.FlightCallOptions(headers=self._headers)
@@ -132,9 +140,18 @@ class DirectTransport:
             )
             return reader.read_all()
 
+    def reconnect(self, location: str | None) -> None:
+        """Open a fresh channel to ``location`` on the next call (the old one closes later)."""
+        where = location or self._location
+        with self._lock:
+            old = self._clients.pop(where, None)
+            if old is not None:
+                self._replaced.append(old)
+
     def close(self) -> None:
         """Close every channel."""
         with self._lock:
             clients, self._clients = self._clients, {}
-        for fc in clients.values():
+            replaced, self._replaced = self._replaced, []
+        for fc in [*clients.values(), *replaced]:
             fc.close()

@@ -10,6 +10,7 @@ in-process and sits under the Flight service.
 
 from typing import Any
 
+from catalog import AccessPolicy
 from cogflight_core import (
     ChipReadError,
     CogflightError,
@@ -46,6 +47,7 @@ from .engine import (
 __all__ = [
     "QUERY_VERSION",
     "RESAMPLING",
+    "AccessPolicy",
     "CacheStats",
     "ChipBatch",
     "ChipEngine",

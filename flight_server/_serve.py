@@ -30,6 +30,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from catalog import AccessPolicy
 from cogflight_core import (
     CogflightError,
     EngineSettings,
@@ -65,6 +66,10 @@ class ServerConfig:
         engine: the engine section (default: the environment's).
         store_options: storage options of the root and the imagery.
         unix_socket: serve on this local socket instead of TCP (one worker).
+        policy: the data access policy (default: the root's own store plus the
+            ``allow`` prefixes of the server section, ``AccessPolicy.for_root``).
+            The embedded server of ``flight_client.connect(root=...)``, which reads
+            its user's own files in their own process, passes ``AccessPolicy.open()``.
         **settings: fields of either section by name (``port=0``,
             ``cache_bytes="2GiB"``, ``max_chips=5``); they win over ``server``
             and ``engine``, and each is checked against its bounds.
@@ -81,6 +86,7 @@ class ServerConfig:
         engine: EngineSettings | None = None,
         store_options: Mapping[str, Any] | None = None,
         unix_socket: str | None = None,
+        policy: AccessPolicy | None = None,
         **settings: Any,
     ) -> None:
         unknown = sorted(set(settings) - _SERVER_FIELDS - _ENGINE_FIELDS)
@@ -104,6 +110,15 @@ class ServerConfig:
         )
         self.store_options = dict(store_options) if store_options else None
         self.unix_socket = unix_socket
+        endpoint = (self.store_options or {}).get("endpoint")
+        # Built here, so a bad --allow prefix fails before anything binds.
+        self.policy: AccessPolicy = (
+            policy
+            if policy is not None
+            else AccessPolicy.for_root(
+                self.root, self.server.allow, endpoints=[endpoint] if endpoint else ()
+            )
+        )
 
     def __getattr__(self, name: str) -> Any:
         """The flat names of earlier releases: ``config.port``, ``config.cache_bytes``."""
@@ -131,9 +146,9 @@ class ServerConfig:
         return f"{self.scheme()}://{self.server.host}:{port}"
 
 
-def _engine(settings: EngineSettings) -> ChipEngine:
-    """One engine per worker, with every engine setting."""
-    return ChipEngine(settings)
+def _engine(settings: EngineSettings, policy: AccessPolicy | None = None) -> ChipEngine:
+    """One engine per worker, with every engine setting and the data access policy."""
+    return ChipEngine(settings, policy=policy)
 
 
 def _read_file(path: str, what: str, flag: str) -> bytes:
@@ -201,10 +216,14 @@ def _service(
     ca = _read_file(s.tls_client_ca, "client CA", "--tls-client-ca") if s.tls_client_ca else None
     if ca and not tls:
         raise InvalidArgumentError("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key")
-    root = CollectionRoot(config.root, store_options=config.store_options)  # type: ignore[arg-type]
+    root = CollectionRoot(
+        config.root,
+        store_options=config.store_options,  # type: ignore[arg-type]
+        policy=config.policy,
+    )
     if not config.unix_socket and port:
         _check_port(s.host, port)
-    engine = _engine(config.engine)
+    engine = _engine(config.engine, config.policy)
     location = config.location(port)
     try:
         return FlightService(
@@ -214,6 +233,8 @@ def _service(
             locations=list(s.advertise) or (list(locations) if locations else None),
             default_shards=s.shards,
             max_streams=s.max_streams,
+            stream_timeout_s=s.stream_timeout_s,
+            max_streams_per_token=s.max_streams_per_token,
             tokens=tokens,
             tls_certificates=tls,
             verify_client=ca is not None,
@@ -247,10 +268,33 @@ def _worker_main(config: ServerConfig, worker: int, conn: Any, log_level: int) -
     locations = conn.recv()
     if not config.server.advertise:
         svc.locations = list(locations)
-    # SIGTERM keeps its default action: a worker holds no state worth a graceful exit,
-    # and serve() blocks in C++ where a Python handler would never run.
+    # SIGTERM drains: new streams are refused, running ones get drain_s to finish.
+    # SIGINT (a terminal's Ctrl-C reaches the whole group) is the parent's to handle:
+    # it answers with SIGTERM.
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     logger.info("worker %d serving %s on %s", worker, config.root, svc.location)
-    svc.serve()
+    stop.wait()
+    _stop_service(svc, config.server.drain_s)
+
+
+def _stop_service(svc: FlightService, drain_s: float) -> None:
+    """Drain, stop serving and free the engine of one service.
+
+    pyarrow's ``shutdown()`` waits for every call in progress, and a client that
+    stops reading without disconnecting holds its call open (gRPC's write waits for
+    it), so the wait is bounded here and the server left to its daemon threads.
+    """
+    svc.drain(drain_s)
+    stopper = threading.Thread(target=svc.shutdown, name="cogflight-shutdown", daemon=True)
+    stopper.start()
+    stopper.join(timeout=10)
+    if stopper.is_alive():
+        logger.warning(
+            "shutdown: a call is still open after 10 s (a client that stopped "
+            "reading); leaving it behind"
+        )
     svc.close()
     svc.engine.close()
 
@@ -321,7 +365,9 @@ class Server:
             svc.locations = list(self.locations)
         for _, conn in self._children:
             conn.send(self.locations)
-        self._thread = threading.Thread(target=svc.serve, name="cogflight-flight", daemon=True)
+        # wait(), not serve(): serve() would install gRPC's own SIGINT/SIGTERM handlers,
+        # which stop at once instead of draining (the server already runs).
+        self._thread = threading.Thread(target=svc.wait, name="cogflight-flight", daemon=True)
         self._thread.start()
         logger.info(
             "serving %s at %s (%d worker%s)",
@@ -341,23 +387,26 @@ class Server:
         self.shutdown()
 
     def shutdown(self) -> None:
-        """Stop every worker and free their engines."""
+        """Drain and stop every worker, then free their engines.
+
+        New streams get UNAVAILABLE ("server is draining"); running ones get
+        ``drain_s`` seconds to finish, then are cancelled (UNAVAILABLE).
+        """
+        drain_s = self.config.server.drain_s
         for proc, _ in self._children:
             if proc.is_alive():
-                proc.terminate()
+                proc.terminate()  # SIGTERM: the worker drains too
+        if self._service is not None:
+            _stop_service(self._service, drain_s)
+            if self._thread is not None:
+                self._thread.join(timeout=10)
+            self._service = None
         for proc, _ in self._children:
-            proc.join(timeout=10)
+            proc.join(timeout=drain_s + 20)
             if proc.is_alive():
                 proc.kill()
                 proc.join(timeout=5)
         self._children.clear()
-        if self._service is not None:
-            self._service.shutdown()
-            if self._thread is not None:
-                self._thread.join(timeout=10)
-            self._service.close()
-            self._service.engine.close()
-            self._service = None
 
     def __enter__(self) -> Server:
         return self.start() if self._service is None else self
@@ -385,4 +434,5 @@ def config_dict(config: ServerConfig) -> dict[str, Any]:
         "server": asdict(config.server),
         "engine": asdict(config.engine),
         "unix_socket": config.unix_socket,
+        "policy": config.policy.describe(),
     }

@@ -4,17 +4,27 @@ A thin layer over :class:`ChipEngine` and :class:`CollectionRoot`: it parses the
 wire contract, authorizes, maps errors to Flight status codes and streams
 RecordBatches as soon as the engine produces them.
 
-Status codes: INVALID_ARGUMENT for bad queries, NOT_FOUND for unknown
-Collections, UNAUTHENTICATED / PERMISSION_DENIED for auth, UNAVAILABLE for
-upstream storage and for a server at its stream limit, INTERNAL only for bugs.
+Status codes: INVALID_ARGUMENT for bad queries and requests over a limit,
+NOT_FOUND for unknown Collections, UNAUTHENTICATED / PERMISSION_DENIED for
+auth, UNAVAILABLE for upstream storage and for a server at its stream limit or
+draining, DEADLINE_EXCEEDED for a stream past ``stream_timeout_s``, INTERNAL only
+for bugs. Every status message is one line that ends with the request id under
+which the server logged the details (:mod:`._messages`).
+
+Streams: each chip stream holds a slot (:mod:`._streams`) that is given back on
+every path (done, error, client cancel or disconnect, a client gone while the
+server planned, the server's deadline, shutdown). :meth:`FlightService.drain`
+refuses new streams, lets running ones finish, then cancels the rest.
+
+Concurrency policy: gRPC calls the handlers on its own threads; their bodies run
+on the service's pool (see :meth:`FlightService._guard`), and the counters and
+slots are guarded by locks.
 """
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
-import os
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -27,120 +37,37 @@ from pyarrow import flight
 
 from catalog import Collection, select_rows
 from cogflight_core import (
-    ChipReadError,
     CogflightError,
+    DeadlineExceededError,
     InvalidArgumentError,
-    status_code,
-    to_flight,
+    LimitExceededError,
+    PermissionDeniedError,
 )
 from cogflight_core._fork import mark_grpc_started
 
+from ._actions import ACTIONS, run_action
+from ._auth import AuthFactory, load_tokens
+from ._framing import alignment_padding, ipc_header_length
+from ._messages import Redactor, code_of, install_traceback_filter, new_request_id, wire_error
 from ._query import Query, parse_query
 from ._roots import CollectionRoot
-from .engine import ChipEngine, ChipRequest
+from ._streams import GONE, SHUTDOWN, Lease, StreamLimitError, StreamSlots, next_batch
+from .engine import ChipEngine, ChipRequest, ChipStream
 
 __all__ = ["FlightService", "load_tokens"]
 
 logger = logging.getLogger("cogflight.server")
 
-ACTIONS = {
-    "health": "Liveness: status, Collections served, uptime, process id.",
-    "collections": "Every Collection served: name, scenes, bands.",
-    "describe": "One Collection's summary; body: the Collection name.",
-    "stats": "Streams, chips, requests, bytes fetched, cache hit rate, errors.",
-}
+_CLIENT_ERRORS = frozenset(
+    ("INVALID_ARGUMENT", "NOT_FOUND", "PERMISSION_DENIED", "UNAUTHENTICATED")
+)
 
 
-def load_tokens(path: str | os.PathLike[str]) -> dict[str, frozenset[str] | None]:
-    """Read a token file: one ``TOKEN`` (all Collections) or ``TOKEN name,name`` per line."""
-    tokens: dict[str, frozenset[str] | None] = {}
-    for n, raw in enumerate(Path(path).read_text().splitlines(), 1):
-        line = raw.split("#", 1)[0].strip()
-        if not line:
-            continue
-        parts = line.split()
-        if len(parts) > 2 or len(parts[0]) < 16:
-            raise ValueError(
-                f"{path}:{n}: expected 'TOKEN [collection,...]' with a token of "
-                "at least 16 characters"
-            )
-        tokens[parts[0]] = frozenset(parts[1].split(",")) if len(parts) == 2 else None
-    if not tokens:
-        raise ValueError(f"{path}: no tokens")
-    return tokens
-
-
-class _AuthMiddleware(flight.ServerMiddleware):  # type: ignore[misc]
-    def __init__(self, allowed: frozenset[str] | None) -> None:
-        self.allowed = allowed
-
-
-class _AuthFactory(flight.ServerMiddlewareFactory):  # type: ignore[misc]
-    """Bearer tokens: ``authorization: Bearer <token>`` on every call."""
-
-    def __init__(self, tokens: Mapping[str, frozenset[str] | None]) -> None:
-        self._tokens = [(t.encode(), allowed) for t, allowed in tokens.items()]
-
-    def start_call(self, info: flight.CallInfo, headers: dict[str, list[str]]) -> _AuthMiddleware:
-        values = headers.get("authorization") or headers.get("Authorization") or []
-        if not values:
-            raise flight.FlightUnauthenticatedError(
-                "missing credentials: send the header 'authorization: Bearer <token>'"
-            )
-        scheme, _, token = str(values[0]).partition(" ")
-        if scheme.lower() != "bearer" or not token:
-            raise flight.FlightUnauthenticatedError("expected 'authorization: Bearer <token>'")
-        given = token.strip().encode()
-        match = None
-        for known, allowed in self._tokens:  # compare with every token, in constant time
-            if hmac.compare_digest(known, given):
-                match = (known, allowed)
-        if match is None:
-            raise flight.FlightUnauthenticatedError("invalid token")
-        return _AuthMiddleware(match[1])
-
-
-def _varint_len(n: int) -> int:
-    size = 1
-    while n >= 128:
-        n >>= 7
-        size += 1
-    return size
-
-
-def _ipc_header_length(batch: pa.RecordBatch) -> int:
-    """Length of a batch's IPC metadata (the same for any row count of one schema)."""
-    data = batch.slice(0, min(1, batch.num_rows)).serialize()
-    return int.from_bytes(data.to_pybytes()[4:8], "little")
-
-
-def _alignment_padding(batch: pa.RecordBatch, header_len: int) -> pa.Buffer:
-    """app_metadata that puts the message body at a 64-byte offset of the Flight message.
-
-    A FlightData message is [data_header][app_metadata][data_body] in protobuf
-    framing; a client that receives it in one aligned allocation then sees every
-    column buffer aligned, so tensors can use them without a copy (pixels of
-    uint16 and wider need aligned memory).
-    """
-    body_len = pa.ipc.get_record_batch_size(batch) - 8 - header_len
-    fixed = 1 + _varint_len(header_len) + header_len + 2 + _varint_len(body_len)
-    pad = 1
-    while (fixed + 1 + _varint_len(pad) + pad) % 64:
-        pad += 1
-    return pa.py_buffer(bytes(pad))
-
-
-def _to_flight(exc: BaseException) -> BaseException:
-    """The Flight exception a client should see for ``exc`` (the one status table)."""
-    if isinstance(exc, flight.FlightError):
-        return exc  # type: ignore[no-any-return]
-    code = status_code(exc)
-    if code == "INTERNAL":
-        logger.error("internal error", exc_info=exc)
-        return to_flight(exc, f"internal error ({type(exc).__name__}); see server logs")
-    if isinstance(exc, ChipReadError):
-        return to_flight(exc, f"upstream storage: {exc}")
-    return to_flight(exc)
+def _peer(context: flight.ServerCallContext) -> str:
+    try:
+        return str(context.peer())
+    except Exception:  # a call context that is already gone
+        return "?"
 
 
 def _rows(collection: Collection, flt: Mapping[str, Any]) -> list[int]:
@@ -162,6 +89,9 @@ class FlightService(flight.FlightServerBase):  # type: ignore[misc]
             (default: this server's own location).
         default_shards: endpoints per query when the query names no shard count.
         max_streams: concurrent chip streams before new ones get UNAVAILABLE.
+        stream_timeout_s: longest a chip stream may run (then DEADLINE_EXCEEDED).
+        max_streams_per_token: concurrent chip streams one token may hold (None:
+            ``max_streams``); clients without a token share one principal.
         tokens: bearer tokens (see :func:`load_tokens`); None disables auth.
         tls_certificates, verify_client, root_certificates: TLS and mutual TLS.
     """
@@ -175,13 +105,15 @@ class FlightService(flight.FlightServerBase):  # type: ignore[misc]
         locations: Sequence[str] | None = None,
         default_shards: int | None = None,
         max_streams: int = 16,
+        stream_timeout_s: float = 3600.0,
+        max_streams_per_token: int | None = None,
         tokens: Mapping[str, frozenset[str] | None] | None = None,
         tls_certificates: list[tuple[bytes, bytes]] | None = None,
         verify_client: bool = False,
         root_certificates: bytes | None = None,
         worker: int = 0,
     ) -> None:
-        middleware = {"auth": _AuthFactory(tokens)} if tokens else None
+        middleware = {"auth": AuthFactory(tokens)} if tokens else None
         certs = [flight.CertKeyPair(c, k) for c, k in (tls_certificates or [])]
         mark_grpc_started()  # a process forked from here on cannot use gRPC
         super().__init__(
@@ -204,13 +136,17 @@ class FlightService(flight.FlightServerBase):  # type: ignore[misc]
         self.locations = list(locations) if locations else [self.location]
         self.default_shards = default_shards
         self.worker = worker
-        self._max_streams = max_streams
-        self._active = 0
+        self._slots = StreamSlots(max_streams, max_streams_per_token, stream_timeout_s)
+        local_root = None if "://" in root.root else str(Path(root.root).resolve())
+        self._redact = Redactor(p for p in (root.root, local_root) if p)
+        install_traceback_filter()
         self._lock = threading.Lock()
         self._started = time.time()
         self._pool = ThreadPoolExecutor(
             max_workers=max(4, max_streams), thread_name_prefix="cogflight-flight"
         )
+        # Actions (health, stats) on their own threads: never queued behind planning.
+        self._control = ThreadPoolExecutor(max_workers=2, thread_name_prefix="cogflight-control")
         self._counters = {
             "streams": 0,
             "chips_sent": 0,
@@ -218,6 +154,7 @@ class FlightService(flight.FlightServerBase):  # type: ignore[misc]
             "rejected": 0,
             "errors": 0,
             "cancelled": 0,
+            "timed_out": 0,
         }
 
     # -- helpers ----------------------------------------------------------------------------
@@ -225,25 +162,67 @@ class FlightService(flight.FlightServerBase):  # type: ignore[misc]
         with self._lock:
             self._counters[key] += n
 
-    def _authorize(self, context: flight.ServerCallContext, name: str) -> None:
+    def authorize(self, context: flight.ServerCallContext, name: str) -> None:
+        """PERMISSION_DENIED unless the call's token may read Collection ``name``."""
         auth = context.get_middleware("auth")
         if auth is not None and auth.allowed is not None and name not in auth.allowed:
-            raise flight.FlightUnauthorizedError(f"this token may not read Collection {name!r}")
+            raise PermissionDeniedError(
+                f"this token may not read Collection {name!r}; use a token that lists it"
+            )
 
-    def _guard(self, fn: Any, *args: Any) -> Any:
+    def _principal(self, context: flight.ServerCallContext) -> str:
+        auth = context.get_middleware("auth")
+        return auth.principal if auth is not None else "anonymous"
+
+    def _refuse(
+        self, exc: BaseException, request_id: str, call: str, context: flight.ServerCallContext
+    ) -> BaseException:
+        """Count and log ``exc`` under ``request_id``; the clean exception the client gets."""
+        code = code_of(exc)
+        if code == "CANCELLED":
+            pass  # the client is gone; already counted as cancelled
+        elif code in _CLIENT_ERRORS or isinstance(exc, StreamLimitError):
+            self._count("rejected")
+        else:
+            self._count("errors")
+        if isinstance(exc, DeadlineExceededError):
+            self._count("timed_out")
+        peer = _peer(context)
+        if code == "INTERNAL":
+            logger.error(
+                "request %s (%s from %s): internal error", request_id, call, peer, exc_info=exc
+            )
+        else:
+            # Upstream and deadline trouble is the operator's; busy refusals are expected
+            # under load (counted as rejected) and would flood the log at warning level.
+            busy = isinstance(exc, StreamLimitError)
+            trouble = code in ("UNAVAILABLE", "DEADLINE_EXCEEDED") and not busy
+            log = logger.warning if trouble else logger.info
+            log("request %s (%s from %s): %s: %s", request_id, call, peer, code, exc)
+        return wire_error(exc, request_id, self._redact)
+
+    def _guard(
+        self,
+        context: flight.ServerCallContext,
+        call: str,
+        fn: Any,
+        *args: Any,
+        request_id: str | None = None,
+    ) -> Any:
         """Run a handler body on the service's own threads and map its errors.
 
         gRPC calls handlers on threads it owns; Python gives each call a fresh thread
         state there, and pyproj ties its PROJ context to the thread state in a way
         that leaves a dangling context behind between calls (a crash on the second
-        call). Planning uses pyproj, so handler bodies run on stable Python threads.
+        call). Planning uses pyproj, so handler bodies run on stable Python threads;
+        actions run on a pool of their own, so health checks never wait for planning.
         """
+        request_id = request_id or new_request_id()
+        pool = self._control if call.startswith("DoAction") else self._pool
         try:
-            return self._pool.submit(fn, *args).result()
+            return pool.submit(fn, *args).result()
         except BaseException as exc:
-            rejected = status_code(exc) in ("INVALID_ARGUMENT", "NOT_FOUND")
-            self._count("rejected" if rejected else "errors")
-            raise _to_flight(exc) from exc
+            raise self._refuse(exc, request_id, call, context) from exc
 
     def _request(
         self, collection: Collection, query: Query, shard: tuple[int, int] | None
@@ -263,7 +242,7 @@ class FlightService(flight.FlightServerBase):  # type: ignore[misc]
             names = [n for n in self.root.names() if allowed is None or n in allowed]
             return [self._index_info(n) for n in names]
 
-        yield from self._guard(infos)
+        yield from self._guard(context, "ListFlights", infos)
 
     def _index_info(self, name: str, flt: Mapping[str, Any] | None = None) -> flight.FlightInfo:
         collection = self.root.get(name)
@@ -285,7 +264,7 @@ class FlightService(flight.FlightServerBase):  # type: ignore[misc]
         self, context: flight.ServerCallContext, descriptor: flight.FlightDescriptor
     ) -> flight.FlightInfo:
         """Path ``[NAME]``: the index table. Command: a query, planned into shards."""
-        return self._guard(self._flight_info, context, descriptor)
+        return self._guard(context, "GetFlightInfo", self._flight_info, context, descriptor)
 
     def _flight_info(
         self, context: flight.ServerCallContext, descriptor: flight.FlightDescriptor
@@ -295,19 +274,17 @@ class FlightService(flight.FlightServerBase):  # type: ignore[misc]
                 raise InvalidArgumentError("descriptor path: expected [collection name]")
             name = descriptor.path[0].decode("utf-8", "replace")
             parse_query({"v": 1, "collection": name, "index": True})  # validates the name
-            self._authorize(context, name)
+            self.authorize(context, name)
             return self._index_info(name)
         query = parse_query(descriptor.command)
-        self._authorize(context, query.collection)
+        self.authorize(context, query.collection)
         collection = self.root.get(query.collection)
         if query.index:
             return self._index_info(query.collection, query.filter)
+        count = query.shard_count or self.default_shards or len(self.locations)
+        self._check_endpoints(query.shard[1] if query.shard is not None else count)
         plan = self.engine.plan(collection, self._request(collection, query, query.shard))
-        if query.shard is not None:
-            shards = [query.shard]
-        else:
-            count = query.shard_count or self.default_shards or len(self.locations)
-            shards = [(i, count) for i in range(count)]
+        shards = [query.shard] if query.shard is not None else [(i, count) for i in range(count)]
         endpoints = [
             flight.FlightEndpoint(query.ticket(s), [self.locations[k % len(self.locations)]])
             for k, s in enumerate(shards)
@@ -329,92 +306,154 @@ class FlightService(flight.FlightServerBase):  # type: ignore[misc]
         info = self.get_flight_info(context, descriptor)
         return flight.SchemaResult(info.schema)
 
+    def _check_endpoints(self, count: int) -> None:
+        """Refuse a plan of more endpoints than the limit, before building any of them."""
+        limit = self.engine.settings.max_endpoints
+        if count > limit:
+            raise LimitExceededError(
+                f"shard: {count} endpoints asked, over the limit of {limit} (max_endpoints); "
+                "ask for fewer shards"
+            )
+
     def do_get(
         self, context: flight.ServerCallContext, ticket: flight.Ticket
     ) -> flight.FlightDataStream:
         """Stream a ticket: a server-issued one or a query JSON; batches as soon as ready."""
-        return self._guard(self._do_get, context, ticket)
+        request_id = new_request_id()
+        return self._guard(
+            context, "DoGet", self._do_get, context, ticket, request_id, request_id=request_id
+        )
 
     def _do_get(
-        self, context: flight.ServerCallContext, ticket: flight.Ticket
+        self, context: flight.ServerCallContext, ticket: flight.Ticket, request_id: str
     ) -> flight.FlightDataStream:
         query = parse_query(ticket.ticket)
-        self._authorize(context, query.collection)
+        self.authorize(context, query.collection)
         collection = self.root.get(query.collection)
         if query.index:
             table = collection.table
             if query.filter:
                 table = table.take(pa.array(_rows(collection, query.filter), pa.int64()))
             return flight.RecordBatchStream(table)
+        if query.shard is not None:
+            self._check_endpoints(query.shard[1])
         request = self._request(collection, query, query.shard)
-        with self._lock:
-            if self._active >= self._max_streams:
-                raise flight.FlightUnavailableError(
-                    f"server busy: {self._active} streams in progress (limit "
-                    f"{self._max_streams}); retry later or add replicas"
-                )
-            self._active += 1
-            self._counters["streams"] += 1
+        if context.is_cancelled():  # the client left while this call waited for a thread
+            self._count("cancelled")
+            raise flight.FlightCancelledError("the client went away")
+        lease = self._slots.acquire(self._principal(context))  # before planning: cheap refusals
+        self._count("streams")
         try:
             stream = self.engine.stream(collection, request)
+            lease.attach(stream)
         except BaseException:
-            with self._lock:
-                self._active -= 1
+            lease.release()
             raise
-        peer = context.peer()
+        if context.is_cancelled():  # the client left while the server planned
+            lease.release()
+            self._count("cancelled")
+            raise flight.FlightCancelledError("the client went away")
         logger.info(
-            "stream %r to %s: %d chips of %s, shard %s",
+            "request %s: stream %r to %s: %d chips of %s, shard %s",
+            request_id,
             query.collection,
-            peer,
+            _peer(context),
             stream.chip_count,
             list(stream.shape),
             query.shard,
         )
-        return flight.GeneratorStream(
-            stream.plan.schema, self._batches(context, stream, query, time.perf_counter())
-        )
+        batches = self._batches(context, lease, stream, query, request_id)
+        return flight.GeneratorStream(stream.plan.schema, lease.watch(batches))
 
     def _batches(
-        self, context: flight.ServerCallContext, stream: Any, query: Query, started: float
-    ) -> Iterator[pa.RecordBatch]:
+        self,
+        context: flight.ServerCallContext,
+        lease: Lease,
+        stream: ChipStream,
+        query: Query,
+        request_id: str,
+    ) -> Iterator[tuple[pa.RecordBatch, pa.Buffer]]:
         sent = 0
-        finished = False
+        outcome = "stopped"
         header_len: int | None = None
         try:
-            for batch in stream:
-                if context.is_cancelled():  # the client went away: stop, free the work
+            while True:
+                batch = next_batch(context, lease, stream)
+                if batch is GONE:
+                    outcome = "cancelled"
+                    break
+                if batch is None:
+                    outcome = "done"
                     break
                 rb = batch.to_record_batch()
                 if header_len is None:
-                    header_len = _ipc_header_length(rb)
+                    header_len = ipc_header_length(rb)
                 sent += rb.num_rows
                 self._count("batches_sent")
-                yield rb, _alignment_padding(rb, header_len)
-            else:
-                finished = True
-        except GeneratorExit:
+                yield rb, alignment_padding(rb, header_len)
+        except GeneratorExit:  # pyarrow dropped the stream: the client went away
+            outcome = "cancelled"
             raise
         except BaseException as exc:
-            self._count("errors")
-            raise _to_flight(exc) from exc
+            outcome = "failed"
+            raise self._refuse(exc, request_id, "DoGet", context) from exc
         finally:
-            stream.close()
+            lease.release()
             with self._lock:
-                self._active -= 1
                 self._counters["chips_sent"] += sent
-                if not finished:
+                if outcome == "cancelled":
                     self._counters["cancelled"] += 1
             logger.info(
-                "stream %r %s: %d chips in %.2f s",
+                "request %s: stream %r %s: %d chips in %.2f s",
+                request_id,
                 query.collection,
-                "done" if finished else "stopped",
+                outcome,
                 sent,
-                time.perf_counter() - started,
+                time.monotonic() - lease.started,
             )
 
+    @property
+    def uptime_s(self) -> float:
+        """Seconds since the service started."""
+        return time.time() - self._started
+
+    def counters(self) -> dict[str, int]:
+        """A snapshot of the stream counters (streams, chips_sent, rejected, errors, ...)."""
+        with self._lock:
+            return dict(self._counters)
+
+    @property
+    def active_streams(self) -> int:
+        """Chip streams holding a slot now."""
+        return self._slots.active
+
+    @property
+    def draining(self) -> bool:
+        """Whether the service refuses new streams (shutdown began)."""
+        return self._slots.draining
+
+    def drain(self, timeout_s: float) -> int:
+        """Refuse new streams, let running ones finish for ``timeout_s``, cancel the rest.
+
+        Returns how many streams were cancelled. Call it before ``shutdown()``, from a
+        thread that is not serving a call.
+        """
+        self._slots.start_draining()
+        if self._slots.wait_idle(timeout_s):
+            return 0
+        cancelled = self._slots.cancel_all(SHUTDOWN)
+        logger.warning(
+            "drain: %d streams still running after %.1f s, cancelled", cancelled, timeout_s
+        )
+        self._slots.wait_idle(5.0)
+        return cancelled
+
     def close(self) -> None:
-        """Release the handler threads (after ``shutdown()``)."""
+        """Release the handler threads and any stream left (after ``shutdown()``)."""
+        self._slots.start_draining()
+        self._slots.cancel_all(SHUTDOWN)
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._control.shutdown(wait=False, cancel_futures=True)
 
     def list_actions(self, context: flight.ServerCallContext) -> list[tuple[str, str]]:
         """health, collections, describe, stats."""
@@ -424,54 +463,5 @@ class FlightService(flight.FlightServerBase):  # type: ignore[misc]
         self, context: flight.ServerCallContext, action: flight.Action
     ) -> Iterator[flight.Result]:
         """Run an action; each returns one JSON document."""
-        doc = self._guard(self._action, context, action)
+        doc = self._guard(context, f"DoAction {action.type}", run_action, self, context, action)
         yield flight.Result(json.dumps(doc, default=str).encode())
-
-    def _action(self, context: flight.ServerCallContext, action: flight.Action) -> Any:
-        kind = action.type
-        body = action.body.to_pybytes() if action.body is not None else b""
-        if kind == "health":
-            return {
-                "status": "ok",
-                "collections": len(self.root.names()),
-                "uptime_s": round(time.time() - self._started, 1),
-                "pid": os.getpid(),
-                "worker": self.worker,
-                "location": self.location,
-            }
-        if kind == "collections":
-            auth = context.get_middleware("auth")
-            out = []
-            for name in self.root.names():
-                if auth is not None and auth.allowed is not None and name not in auth.allowed:
-                    continue
-                c = self.root.get(name)
-                out.append({"name": name, "scenes": len(c), "bands": list(c.band_names)})
-            return out
-        if kind == "describe":
-            name = body.decode("utf-8", "replace").strip()
-            parse_query({"v": 1, "collection": name, "index": True})
-            self._authorize(context, name)
-            return self.root.get(name).describe()
-        if kind == "stats":
-            s = self.engine.stats()
-            with self._lock:
-                counters = dict(self._counters)
-                active = self._active
-            return {
-                **counters,
-                "streams_active": active,
-                "worker": self.worker,
-                "requests": s.requests,
-                "bytes_fetched": s.bytes_fetched,
-                "tiles_decoded": s.tiles_decoded,
-                "chips": s.chips,
-                "engine_errors": s.errors,
-                "retries": s.retries,
-                "cache_hit_rate": round(s.cache.hit_rate, 4),
-                "cache_bytes": s.cache.bytes,
-                "cache_entries": s.cache.entries,
-            }
-        raise InvalidArgumentError(
-            f"action: unknown action {kind!r}; available: {', '.join(ACTIONS)}"
-        )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,10 @@ from tests.support.corpus import Case, generate
 os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
 os.environ.setdefault("AWS_CONFIG_FILE", os.devnull)
 os.environ.setdefault("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
+# The operator of every test server allows the temporary directory where tests keep their
+# imagery (beside, not under, each served root), as `cogflight serve --allow DIR` would.
+# Tests of the data access policy itself pass `allow=()` (the root's own store only).
+os.environ.setdefault("COGFLIGHT_ALLOW", os.path.realpath(tempfile.gettempdir()))
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,12 @@
 """The metadata columns of a chip stream, specified once.
 
 Every chip row carries ``id``, ``datetime``, ``geometry_index``, ``crs``,
-``transform`` and ``bounds``, then the pass-through columns a request names.
+``transform``, ``bounds`` and ``ordinal``, then the pass-through columns a
+request names. ``ordinal`` is the chip's index in the whole query (as planned,
+before ``shard`` and ``skip``): stable across shards, replicas and chips left out
+under ``on_error="skip"``, so a client resuming a broken stream knows exactly
+which chips it already has.
+
 :data:`METADATA` (plus :func:`meta_columns` for the pass-through ones) is the
 only specification: :func:`meta_schema` derives the Arrow schema from it (for
 plans, before any pixel is read) and :class:`MetaRows` builds each batch's
@@ -68,6 +73,7 @@ METADATA: tuple[MetaColumn, ...] = (
     MetaColumn("crs", pa.string(), lambda chip, _: chip.grid.crs),
     MetaColumn("transform", pa.list_(pa.float64(), 6), lambda chip, _: list(chip.grid.transform)),
     MetaColumn("bounds", pa.list_(pa.float64(), 4), _bounds),
+    MetaColumn("ordinal", pa.int64(), lambda chip, _: chip.index),
 )
 
 

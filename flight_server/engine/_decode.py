@@ -4,6 +4,8 @@ Called from a thread pool: imagecodecs releases the GIL, so tiles decode in
 parallel. Output is native-endian, shaped ``(tile_height, tile_width,
 samples)`` for pixel-interleaved tiles and ``(tile_height, tile_width)`` for
 one plane of a band-interleaved file; masks decode to booleans (True = valid).
+A tile whose decoded size is over ``max_bytes`` (``max_tile_bytes``) is refused
+before anything is decompressed or allocated.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import imagecodecs
 import numpy as np
 
 from catalog import HeaderRecord, ImageRecord
-from cogflight_core import DecodeError
+from cogflight_core import DecodeError, LimitExceededError
 
 from ._windows import TileRef
 
@@ -40,16 +42,30 @@ def _fail(tile: TileRef, why: str) -> DecodeError:
     return DecodeError(tile.href, why, (tile.offset, tile.offset + tile.length))
 
 
-def decode_tile(data: bytes | memoryview, tile: TileRef, header: HeaderRecord) -> np.ndarray:
-    """Decode one image tile.
+def _check_size(tile: TileRef, shape: tuple[int, ...], itemsize: int, limit: int | None) -> None:
+    size = int(np.prod(shape, dtype=object)) * itemsize
+    if limit is not None and size > limit:
+        raise LimitExceededError(
+            f"{tile.href}: a tile of {'x'.join(map(str, shape))} samples decodes to {size} "
+            f"bytes, over the limit of {limit} bytes (max_tile_bytes); re-tile the file (e.g. "
+            "gdal_translate -co TILED=YES -co BLOCKXSIZE=512 -co BLOCKYSIZE=512)"
+        )
+
+
+def decode_tile(
+    data: bytes | memoryview, tile: TileRef, header: HeaderRecord, max_bytes: int | None = None
+) -> np.ndarray:
+    """Decode one image tile (refused before decoding when larger than ``max_bytes``).
 
     Raises:
         DecodeError: the bytes are not a valid tile of this file's codec and layout.
+        LimitExceededError: the decoded tile would be larger than ``max_bytes``.
     """
     img = header.levels[tile.level]
     th, tw = img.tile_height, img.tile_width
     spp = header.samples if img.planar_config == 1 else 1
     dtype = np.dtype(header.dtype)
+    _check_size(tile, (th, tw, spp), dtype.itemsize, max_bytes)
     try:
         if img.compression == 7:
             arr = _jpeg(data, img, spp)
@@ -146,11 +162,14 @@ def _lerc(data: bytes | memoryview, img: ImageRecord) -> np.ndarray:
     return np.asarray(out[0] if isinstance(out, tuple) else out)
 
 
-def decode_mask_tile(data: bytes | memoryview, tile: TileRef, header: HeaderRecord) -> np.ndarray:
+def decode_mask_tile(
+    data: bytes | memoryview, tile: TileRef, header: HeaderRecord, max_bytes: int | None = None
+) -> np.ndarray:
     """Decode one internal-mask tile to booleans (True = valid)."""
     img = header.masks[tile.level]
     assert img is not None
     th, tw = img.tile_height, img.tile_width
+    _check_size(tile, (th, tw), 1, max_bytes)
     try:
         raw = _DECOMPRESS[img.compression](bytes(data))
         if img.bits_per_sample == 1:

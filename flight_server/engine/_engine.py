@@ -15,7 +15,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
-from catalog import Collection
+from catalog import AccessPolicy, Collection
 from catalog import settings as catalog_settings
 from cogflight_core import EngineSettings, InvalidArgumentError
 from cogflight_core._config import with_updates
@@ -23,7 +23,7 @@ from cogflight_core._config import with_updates
 from ._assemble import fill_value
 from ._cache import TileCache
 from ._headers import HeaderCache
-from ._plan import plan_request
+from ._plan import batch_rows, plan_request
 from ._produce import produce
 from ._render import Render
 from ._request import ChipRequest
@@ -46,6 +46,9 @@ class ChipEngine:
         coalesce_bytes: merge ranges of one file closer than this (default 64 KiB).
         max_run_bytes: largest coalesced request (default 4 MiB).
         max_chip_pixels, max_chips: request limits.
+        policy: the data access policy every read is checked against (None: every
+            href is allowed, as for an engine reading its user's own files; a server
+            passes ``AccessPolicy.for_root(root, allow)``).
 
     Explicit arguments win over ``settings``; every value is checked against the
     bounds of :class:`~cogflight_core.EngineSettings`.
@@ -67,6 +70,7 @@ class ChipEngine:
         max_run_bytes: int | None = None,
         max_chip_pixels: int | None = None,
         max_chips: int | None = None,
+        policy: AccessPolicy | None = None,
     ) -> None:
         self.settings: EngineSettings = with_updates(
             engine_settings() if settings is None else settings,
@@ -81,7 +85,10 @@ class ChipEngine:
         s = self.settings
         self.cache = TileCache(s.cache_bytes)
         self.headers = HeaderCache()
-        self._runtime = Runtime(self.cache, s, max_retries=catalog_settings().max_retries)
+        self.policy = policy if policy is not None else AccessPolicy.open()
+        self._runtime = Runtime(
+            self.cache, s, max_retries=catalog_settings().max_retries, policy=self.policy
+        )
 
     # Settings under their historical attribute names.
     @property
@@ -142,7 +149,9 @@ class ChipEngine:
 
         Raises:
             InvalidArgumentError: a field does not fit this Collection.
-            LimitExceededError: too many chips, or chips too large.
+            LimitExceededError: too many chips, chips too large, or one chip over
+                ``max_batch_bytes`` (batches of smaller chips hold fewer rows than
+                ``batch_rows`` asks when needed, to stay within it).
         """
         if not isinstance(request, ChipRequest):
             raise InvalidArgumentError("request: build it with ChipRequest.create(...)")
@@ -153,6 +162,7 @@ class ChipEngine:
             lambda row, band: self.headers.get(collection, row, band),
             max_chips=s.max_chips,
             max_chip_pixels=s.max_chip_pixels,
+            max_batch_bytes=s.max_batch_bytes,
         )
 
     def stream(
@@ -219,9 +229,16 @@ class ChipEngine:
         def delivered(n: int) -> None:
             runtime.chips += n
 
+        rows = batch_rows(plan, request.batch_rows, self.settings.max_batch_bytes)
+
         def producer(queue: asyncio.Queue[Any]) -> Any:
             return produce(
-                render, plan, queue, batch_numbers=runtime.batch_numbers, delivered=delivered
+                render,
+                plan,
+                queue,
+                batch_rows=rows,
+                batch_numbers=runtime.batch_numbers,
+                delivered=delivered,
             )
 
         return started.loop, producer

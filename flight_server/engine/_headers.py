@@ -3,8 +3,9 @@
 A Collection holds every asset's header as Arrow structs; turning one into a
 :class:`~catalog.HeaderRecord` costs a few hundred microseconds, and every
 chip of every request needs one per file. :class:`HeaderCache` keeps the
-records by href and the identity of their indexed tile offsets (so a
-Collection rebuilt over a rewritten file never hits a stale record).
+records by href, the identity of their indexed tile offsets and the object's
+recorded size, ETag and modification time (so a Collection rebuilt over a
+rewritten file never hits a stale record).
 
 Concurrency policy: thread-safe. Planning runs in callers' threads while
 rendering runs on the engine loop; one lock guards the LRU, and parsing
@@ -21,7 +22,7 @@ from cogflight_core import CogflightError, InvalidArgumentError
 
 __all__ = ["HeaderCache"]
 
-HeaderKey = tuple[str, int, int]
+HeaderKey = tuple[object, ...]
 
 
 class HeaderCache:
@@ -48,7 +49,14 @@ class HeaderCache:
         if not value.is_valid:
             raise InvalidArgumentError(f"scene {row} has no asset {band.asset!r}")
         offsets = value["header"]["levels"][0]["tile_offsets"]
-        key = (str(value["href"].as_py()), len(offsets), offsets[0].as_py() if len(offsets) else 0)
+        key = (
+            str(value["href"].as_py()),
+            len(offsets),
+            offsets[0].as_py() if len(offsets) else 0,
+            value["size"].as_py(),  # the object's identity: a rebuilt Collection over a
+            value["etag"].as_py(),  # replaced file never hits the old record
+            value["last_modified"].as_py(),
+        )
         with self._lock:
             header = self._items.get(key)
             if header is not None:

@@ -33,7 +33,15 @@ from ._request import ChipRequest
 from ._types import Chip, ChipPlan, Grid
 from ._windows import GeoTransform, Window, centered_window, geometry_window, window_transform
 
-__all__ = ["chip_grid", "output_dtype", "plan_request", "scene_groups", "select_bands"]
+__all__ = [
+    "batch_rows",
+    "chip_buffer_bytes",
+    "chip_grid",
+    "output_dtype",
+    "plan_request",
+    "scene_groups",
+    "select_bands",
+]
 
 HeaderOf = Callable[[int, Band], HeaderRecord]
 _LAST = (1, dt.datetime.max.replace(tzinfo=dt.UTC))
@@ -178,7 +186,8 @@ def _chips(
     )
     if len(groups) > max_chips:
         raise LimitExceededError(
-            f"the request makes {len(groups)} chips, over the limit of {max_chips}; "
+            f"the request makes {len(groups)} chips, over the limit of {max_chips} "
+            "(max_chips); "
             "narrow the filter or split the geometries"
         )
     chips = []
@@ -188,10 +197,34 @@ def _chips(
         if grid.height * grid.width > max_chip_pixels:
             raise LimitExceededError(
                 f"geometry {gi} needs a {grid.height}x{grid.width} chip, over the limit of "
-                f"{max_chip_pixels} pixels; use chip_size or a coarser resolution"
+                f"{max_chip_pixels} pixels (max_chip_pixels); use chip_size or a coarser "
+                "resolution"
             )
         chips.append(Chip(i, gi, chip_rows, grid, poly))
     return chips
+
+
+def chip_buffer_bytes(shape: Sequence[int], dtype: np.dtype) -> int:
+    """Bytes one chip takes in a batch: its pixels plus its validity mask (one byte a pixel)."""
+    pixels = int(np.prod(shape, dtype=object))
+    valid = pixels // shape[-3] if len(shape) >= 3 and shape[-3] else 0  # without bands
+    return pixels * np.dtype(dtype).itemsize + valid
+
+
+def batch_rows(plan: ChipPlan, asked: int, max_batch_bytes: int) -> int:
+    """Chips per batch: ``asked``, lowered so one batch stays within ``max_batch_bytes``."""
+    per_chip = chip_buffer_bytes(plan.shape, plan.dtype)
+    return max(1, min(asked, max_batch_bytes // max(1, per_chip)))
+
+
+def _check_chip_bytes(shape: Sequence[int], dtype: np.dtype, max_batch_bytes: int) -> None:
+    size = chip_buffer_bytes(shape, dtype)
+    if size > max_batch_bytes:
+        raise LimitExceededError(
+            f"one chip of shape {list(shape)} {np.dtype(dtype).name} takes {size} bytes, over the "
+            f"limit of {max_batch_bytes} bytes per batch (max_batch_bytes); use a smaller "
+            "chip_size, fewer bands or a narrower dtype"
+        )
 
 
 def plan_request(
@@ -201,12 +234,14 @@ def plan_request(
     *,
     max_chips: int,
     max_chip_pixels: int,
+    max_batch_bytes: int | None = None,
 ) -> ChipPlan:
     """Plan a request: its chips (of its shard), their common shape and dtype, the schema.
 
     Raises:
         InvalidArgumentError: a field does not fit this Collection.
-        LimitExceededError: too many chips, or chips too large.
+        LimitExceededError: too many chips, chips too large, or one chip larger than
+            ``max_batch_bytes`` (checked before any buffer is allocated).
     """
     bands = select_bands(collection, request.bands)
     dtype = output_dtype(bands, request.dtype, request.scale_offset)
@@ -228,10 +263,13 @@ def plan_request(
         )
     t = max((len(c.rows) for c in chips), default=1) if request.time_series else None
     shape = ((t,) if t else ()) + (len(bands), *hw)
+    if max_batch_bytes is not None and chips:
+        _check_chip_bytes(shape, dtype, max_batch_bytes)
     total = len(chips)
     if request.shard is not None:
         index, count = request.shard
         chips = chips[index * total // count : (index + 1) * total // count]
+    chips = chips[request.skip :]  # a resumed stream: what its client already has
     schema = chip_schema(
         meta_schema(columns, request.time_series),
         dtype,

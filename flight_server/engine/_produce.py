@@ -69,15 +69,19 @@ async def produce(
     plan: ChipPlan,
     queue: asyncio.Queue[Any],
     *,
+    batch_rows: int | None = None,
     batch_numbers: Iterator[int],
     delivered: Callable[[int], None],
 ) -> None:
     """Render every chip of ``plan`` and put its batches into ``queue``, in order.
 
-    ``batch_numbers`` gives each batch its decode priority (shared by every stream of
-    an engine, so older batches go first); ``delivered`` counts the chips delivered.
+    ``batch_rows`` is the chips per batch (default: the request's; the engine lowers
+    it to keep batches within ``max_batch_bytes``). ``batch_numbers`` gives each batch
+    its decode priority (shared by every stream of an engine, so older batches go
+    first); ``delivered`` counts the chips delivered.
     """
-    await _Producer(render, plan, queue, batch_numbers, delivered).run()
+    rows = batch_rows or render.request.batch_rows
+    await _Producer(render, plan, queue, batch_numbers, delivered, rows).run()
 
 
 @dataclass
@@ -87,6 +91,7 @@ class _Producer:
     queue: asyncio.Queue[Any]
     batch_numbers: Iterator[int]
     delivered: Callable[[int], None]
+    batch_rows: int
 
     async def run(self) -> None:
         plan, render = self.plan, self.render
@@ -102,7 +107,7 @@ class _Producer:
             )
             columns = meta_columns(render.collection, render.request.columns)
             rows = MetaRows(render.collection, columns, plan.steps)
-            size = render.request.batch_rows
+            size = self.batch_rows
             for first in range(0, len(chips), size):
                 pending.append(self._start(chips[first : first + size]))
                 if len(pending) >= 2:

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from catalog import Band, Collection, HeaderRecord, StoreRegistry, same_crs
+from cogflight_core import PermissionDeniedError
 
 from ._assemble import apply_scale_offset, fill_invalid, native_fill, paste
 from ._headers import HeaderCache
@@ -116,10 +117,15 @@ class Render:
         warps: dict[WarpKey, asyncio.Future[WarpPlan]],
     ) -> np.ndarray:
         """Read one file's bands of scene ``row`` into ``region``; return their validity."""
-        header = self.header(row, self.bands[asset_bands[0]])
+        band = self.bands[asset_bands[0]]
+        header = self.header(row, band)
         samples = [self.bands[bi].sample for bi in asset_bands]
         targets = [region[bi] for bi in asset_bands]
-        valid = await self._on_grid(header, samples, grid, targets, warps)
+        try:
+            valid = await self._on_grid(header, samples, grid, targets, warps)
+        except PermissionDeniedError as exc:  # the policy refused a read: name the asset
+            scene = self.collection.table.column("id")[row].as_py()
+            raise PermissionDeniedError(f"asset {band.asset!r} of scene {scene!r}: {exc}") from exc
         if self.request.scale_offset:
             for bi in asset_bands:
                 apply_scale_offset(region[bi], self.bands[bi], header)

@@ -107,6 +107,12 @@ def _batch_rows(value: Any, name: str) -> int:
     return int(value)
 
 
+def _skip(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
+        raise InvalidArgumentError(f"{name}: expected an integer >= 0, got {value!r}")
+    return int(value)
+
+
 def _columns(value: Any, name: str) -> tuple[str, ...]:
     if (
         isinstance(value, str)
@@ -146,6 +152,7 @@ _NORMALISE: dict[str, Callable[[Any, str], Any]] = {
     "batch_rows": _batch_rows,
     "columns": _columns,
     "on_error": _choice("raise", "skip"),
+    "skip": _skip,
 }
 
 
@@ -198,6 +205,7 @@ class ChipRequest:
     batch_rows: int = 64
     columns: tuple[str, ...] = ()
     on_error: Literal["raise", "skip"] = "raise"
+    skip: int = 0  # chips of this stream (after ``shard``) left out at its start
     rows: tuple[int, ...] | None = field(default=None)  # restrict to these Collection rows
     shard: tuple[int, int] | None = None  # (index, count): this part of the planned chips
 

@@ -8,21 +8,29 @@ options) live here too, because they hold connection pools.
 Concurrency policy: every public method may be called from any thread; one
 lock guards starting and stopping. Coroutines given to :meth:`Runtime.submit`
 run on the loop thread; decoding and assembly run in the priority pool.
+
+At interpreter exit every runtime still running is closed (an :mod:`atexit`
+hook): its tasks are cancelled and its loop stopped before the interpreter
+finalises, so no store call of a loop left running settles into a finalising
+interpreter (which aborts the process; ``catalog._quiesce`` then waits for the
+calls just cancelled).
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import concurrent.futures
 import contextlib
 import itertools
 import os
 import threading
+import weakref
 from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from catalog import StoreRegistry
+from catalog import AccessPolicy, StoreRegistry
 from cogflight_core import EngineSettings
 
 from ._cache import TileCache
@@ -32,6 +40,9 @@ from ._tiles import TileLoader
 __all__ = ["Loop", "Runtime"]
 
 T = TypeVar("T")
+
+# Runtimes whose loop runs now, closed at exit (weakly held: a dropped engine is not kept).
+_RUNNING: weakref.WeakSet[Runtime] = weakref.WeakSet()
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,10 +62,18 @@ class Loop:
 class Runtime:
     """Threads and shared I/O state of one engine (started lazily, restartable)."""
 
-    def __init__(self, cache: TileCache, settings: EngineSettings, *, max_retries: int) -> None:
+    def __init__(
+        self,
+        cache: TileCache,
+        settings: EngineSettings,
+        *,
+        max_retries: int,
+        policy: AccessPolicy | None = None,
+    ) -> None:
         self.cache = cache
         self.settings = settings
         self.max_retries = max_retries
+        self.policy = policy
         self.chips = 0  # chips delivered, counted on the loop thread
         self.batch_numbers = itertools.count(1)  # 0: work outside any batch, first
         self._lock = threading.Lock()
@@ -74,6 +93,7 @@ class Runtime:
         with self._lock:
             if self._started is None:
                 self._started = self._start()
+                _RUNNING.add(self)
             return self._started
 
     def _after_fork(self) -> None:
@@ -83,6 +103,7 @@ class Runtime:
         self._started = None
         self._registries = {}
         self._pid = os.getpid()
+        _RUNNING.discard(self)
 
     def _start(self) -> Loop:
         loop = asyncio.new_event_loop()
@@ -107,6 +128,7 @@ class Runtime:
                 coalesce_bytes=s.coalesce_bytes,
                 max_run_bytes=s.max_run_bytes,
                 max_retries=self.max_retries,
+                policy=self.policy,
             )
 
         loader = asyncio.run_coroutine_threadsafe(make_loader(), loop).result()
@@ -123,19 +145,34 @@ class Runtime:
 
     def close(self) -> None:
         """Cancel what runs on the loop, stop its thread and the decode pool."""
+        if self._pid != os.getpid():  # a parent's loop: its threads do not exist here
+            self._after_fork()
+            return
         with self._lock:
             started, self._started = self._started, None
+        _RUNNING.discard(self)
         if started is None:
             return
         loop = started.loop
         if loop.is_running():
             with contextlib.suppress(concurrent.futures.TimeoutError, RuntimeError):
                 asyncio.run_coroutine_threadsafe(_cancel_all(), loop).result(timeout=10)
+            with contextlib.suppress(Exception):  # HTTP connections, on their loop
+                asyncio.run_coroutine_threadsafe(started.loader.aclose(), loop).result(timeout=5)
             loop.call_soon_threadsafe(loop.stop)
         started.thread.join(timeout=10)
         if not started.thread.is_alive():
             loop.close()
         started.executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _close_all_at_exit() -> None:
+    """Close every runtime still running (registered after ``catalog``'s exit hook: runs first)."""
+    for runtime in list(_RUNNING):
+        runtime.close()
+
+
+atexit.register(_close_all_at_exit)
 
 
 async def _cancel_all() -> None:

@@ -10,9 +10,14 @@ queue from the consumer's side:
   that future (:func:`asyncio.wrap_future`), so no thread waits on its behalf,
   and cancelling the coroutine cancels the read on the engine loop.
 
+A consumer that must stay responsive (the Flight service checks for a client
+that went away, a deadline and shutdown) waits with :meth:`ChipStream.next_batch`
+and a timeout: a wait that times out keeps its pending read for the next call.
+
 Concurrency policy: one consumer at a time per stream; closing it from any
-thread cancels the producer (and every read it has in flight) and drops the
-batches already queued.
+thread cancels the producer (and every read it has in flight), drops the
+batches already queued and wakes a consumer waiting for the next batch (it gets
+:class:`concurrent.futures.CancelledError`).
 """
 
 from __future__ import annotations
@@ -64,6 +69,7 @@ class ChipStream:
         self._queue = queue
         self._task = task
         self._done = False
+        self._pending: concurrent.futures.Future[Any] | None = None
 
     @classmethod
     def open(
@@ -106,15 +112,34 @@ class ChipStream:
         self.failures.extend(item.skipped)
         return item.batch
 
+    def next_batch(self, timeout: float | None = None) -> ChipBatch | None:
+        """The next batch, or None at the end of the stream.
+
+        Raises:
+            TimeoutError: no batch arrived within ``timeout`` seconds; the read stays
+                pending and the next call goes on waiting for it.
+            concurrent.futures.CancelledError: the stream was closed while waiting.
+        """
+        while not self._done:
+            if self._pending is None:
+                self._pending = self._get()
+                if self._done:  # closed meanwhile, from another thread
+                    self._pending.cancel()
+            item = self._pending.result(timeout)
+            self._pending = None
+            batch = self._take(item)
+            if batch is not None:
+                return batch
+        return None
+
     def __iter__(self) -> Iterator[ChipBatch]:
         return self
 
     def __next__(self) -> ChipBatch:
-        while not self._done:
-            batch = self._take(self._get().result())
-            if batch is not None:
-                return batch
-        raise StopIteration
+        batch = self.next_batch()
+        if batch is None:
+            raise StopIteration
+        return batch
 
     def __aiter__(self) -> ChipStream:
         return self
@@ -132,8 +157,12 @@ class ChipStream:
         if self._done:
             return
         self._done = True
+        pending = self._pending
+        if pending is not None:
+            pending.cancel()  # wakes a consumer waiting in next_batch
         if not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(self._stop)
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                self._loop.call_soon_threadsafe(self._stop)
 
     def _stop(self) -> None:  # on the engine loop
         self._task.cancel()

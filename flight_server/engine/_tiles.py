@@ -7,9 +7,19 @@ coalesced runs and fetched by catalog's :class:`~catalog.RangeFetcher` (the
 same fetcher header reads use), and each run's tiles decode as soon as the run
 arrives. A failure reaches every waiter of the tiles it concerns.
 
+Every request goes through the engine's data access policy (checked by the
+fetcher before each request; ``http(s)`` through the policy-checked
+:class:`~catalog.HttpReader`, whose redirects and addresses it checks too) and
+names the object's indexed identity, so a replaced file is an error. A tile
+that does not decode is fetched again within the retry budget (its bytes may
+have been damaged on the way; each re-fetch counts as a retry), then fails with
+:class:`~cogflight_core.DecodeError`. Cached tiles are keyed by the object's
+identity too: a Collection rebuilt over a replaced file never hits old tiles.
+
 Concurrency policy: every coroutine here runs on the engine's event loop; at
 most ``max_requests`` range requests are in flight per loop (one semaphore);
-decoding runs in the engine's decode pool.
+decoding runs in the engine's decode pool. A tile larger than ``max_tile_bytes``
+(the storage settings) decoded is refused before it is decoded.
 """
 
 from __future__ import annotations
@@ -25,8 +35,18 @@ from typing import Any
 
 import numpy as np
 
-from catalog import HeaderRecord, RangeFetcher, Run, StorageError, StoreRegistry
-from cogflight_core import ChipReadError, CogflightError, UpstreamError
+from catalog import (
+    AccessPolicy,
+    HeaderRecord,
+    HttpReader,
+    ObjectIdentity,
+    RangeFetcher,
+    Run,
+    StorageError,
+    StoreRegistry,
+)
+from catalog import settings as storage_settings
+from cogflight_core import ChipReadError, CogflightError, DecodeError, UpstreamError
 
 from ._cache import TileCache
 from ._decode import decode_mask_tile, decode_tile
@@ -50,7 +70,9 @@ class DecodeStats:
 class TileLoader:
     """Loads decoded tiles for the engine: cache, in-flight futures, coalesced fetches.
 
-    Build it on the engine's event loop (its semaphore belongs to that loop).
+    Build it on the engine's event loop (its semaphore and HTTP connections belong
+    to that loop) and close it there (:meth:`aclose`). ``policy``: the data access
+    policy of every read (None: every href is allowed, for in-process use).
     """
 
     def __init__(
@@ -62,17 +84,25 @@ class TileLoader:
         coalesce_bytes: int,
         max_run_bytes: int,
         max_retries: int,
+        max_tile_bytes: int | None = None,
+        policy: AccessPolicy | None = None,
     ) -> None:
         self.cache = cache
         self.executor = executor
+        storage = storage_settings()
+        self.max_tile_bytes = storage.max_tile_bytes if max_tile_bytes is None else max_tile_bytes
+        self.policy = policy if policy is not None else AccessPolicy.open()
+        self.http = HttpReader(self.policy, timeout_s=storage.request_timeout_s)
         self.fetcher = RangeFetcher(
             gap=coalesce_bytes,
             max_run_bytes=max_run_bytes,
             max_retries=max_retries,
             limit=asyncio.Semaphore(max_requests),
+            policy=self.policy,
+            http=self.http,
         )
         self.decoding = DecodeStats()
-        self._inflight: dict[TileKey, asyncio.Future[np.ndarray]] = {}
+        self._inflight: dict[Any, asyncio.Future[np.ndarray]] = {}
 
     async def load(
         self, registry: StoreRegistry, header: HeaderRecord, refs: Sequence[TileRef]
@@ -86,6 +116,7 @@ class TileLoader:
         waits: list[tuple[TileKey, asyncio.Future[np.ndarray]]] = []
         missing: list[TileRef] = []
         loop = asyncio.get_running_loop()
+        version = _version(header.identity)
         for ref in refs:
             key = ref.key
             if key in out:
@@ -93,14 +124,15 @@ class TileLoader:
             if ref.sparse:
                 out[key] = None
                 continue
-            hit = self.cache.get(key)
+            ck = _cache_key(ref, version)
+            hit = self.cache.get(ck)
             if hit is not None:
                 out[key] = hit
                 continue
-            fut = self._inflight.get(key)
+            fut = self._inflight.get(ck)
             if fut is None:
                 fut = loop.create_future()
-                self._inflight[key] = fut
+                self._inflight[ck] = fut
                 missing.append(ref)
             waits.append((key, fut))
             out[key] = None  # placeholder, filled below
@@ -118,6 +150,10 @@ class TileLoader:
             out[key] = await asyncio.shield(fut)
         return out
 
+    async def aclose(self) -> None:
+        """Close the HTTP connections (on the engine loop)."""
+        await self.http.aclose()
+
     async def _fetch_run(
         self,
         registry: StoreRegistry,
@@ -126,66 +162,136 @@ class TileLoader:
         run: Run,
         refs: list[TileRef],
     ) -> None:
+        version = _version(header.identity)
+        pending = refs
+        attempt = 0
         try:
-            view = await self._get(registry, href, run)
-            loop = asyncio.get_running_loop()
-            decodes = [
-                loop.run_in_executor(
-                    self.executor,
-                    self._decode,
-                    view[r.offset - run.start : r.offset - run.start + r.length],
-                    r,
-                    header,
+            while True:
+                results = await self._fetch_decode(registry, header, href, run, pending)
+                damaged = [
+                    r
+                    for r, res in zip(pending, results, strict=True)
+                    if isinstance(res, DecodeError)
+                ]
+                for r, res in zip(pending, results, strict=True):
+                    if isinstance(res, DecodeError) and attempt < self.fetcher.max_retries:
+                        continue  # fetched again below
+                    if isinstance(res, BaseException):
+                        self.decoding.errors += 1
+                        self._settle(_cache_key(r, version), _after(res, attempt))
+                    else:
+                        self.cache.put(_cache_key(r, version), res)
+                        self._settle(_cache_key(r, version), None, res)
+                if not damaged or attempt >= self.fetcher.max_retries:
+                    return
+                attempt += 1
+                self.fetcher.stats.retries += 1
+                logger.info(
+                    "re-fetching %d tiles of %s that did not decode (retry %d)",
+                    len(damaged),
+                    href,
+                    attempt,
                 )
-                for r in refs
-            ]
-            results = await asyncio.gather(*decodes, return_exceptions=True)
-        except BaseException as exc:  # fail every waiter of this run, then re-raise
-            for r in refs:
+                await asyncio.sleep(self.fetcher.backoff_s * 2 ** (attempt - 1))
+                pending = damaged
+                start = min(r.offset for r in pending)
+                end = max(r.offset + r.length for r in pending)
+                run = Run(start, end, tuple(range(len(pending))))
+        except BaseException as exc:  # fail every waiter still waiting, then re-raise
+            for r in pending:
                 self._settle(
-                    r.key,
+                    _cache_key(r, version),
                     exc
                     if isinstance(exc, Exception)
                     else ChipReadError(href, "cancelled", (run.start, run.end)),
                 )
             if not isinstance(exc, Exception):
                 raise
-            return
-        for r, res in zip(refs, results, strict=True):
-            if isinstance(res, BaseException):
-                self.decoding.errors += 1
-                self._settle(r.key, res)
-            else:
-                self.cache.put(r.key, res)
-                self._settle(r.key, None, res)
 
-    async def _get(self, registry: StoreRegistry, href: str, run: Run) -> memoryview:
-        """The bytes of one run, exactly; storage failures as :class:`UpstreamError`."""
+    async def _fetch_decode(
+        self,
+        registry: StoreRegistry,
+        header: HeaderRecord,
+        href: str,
+        run: Run,
+        refs: list[TileRef],
+    ) -> list[Any]:
+        """Fetch one run and decode its tiles: an array or the exception of each."""
+        view = await self._get(registry, header, href, run)
+        loop = asyncio.get_running_loop()
+        decodes = [
+            loop.run_in_executor(
+                self.executor,
+                self._decode,
+                view[r.offset - run.start : r.offset - run.start + r.length],
+                r,
+                header,
+            )
+            for r in refs
+        ]
+        return list(await asyncio.gather(*decodes, return_exceptions=True))
+
+    async def _get(
+        self, registry: StoreRegistry, header: HeaderRecord, href: str, run: Run
+    ) -> memoryview:
+        """The bytes of one run, exactly; storage failures as :class:`UpstreamError`.
+
+        A refusal of the data access policy stays a ``PermissionDeniedError``.
+        """
         span = (run.start, run.end)
         try:
             store, path = registry.resolve(href)
         except CogflightError as exc:
             raise UpstreamError(href, str(exc), span) from exc
         try:
-            return await self.fetcher.get(store, path, href, run.start, run.end, exact=True)
+            return await self.fetcher.get(
+                store, path, href, run.start, run.end, exact=True, identity=header.identity
+            )
         except StorageError as exc:
             raise UpstreamError(href, exc.reason, span) from exc
 
     def _decode(self, data: memoryview, ref: TileRef, header: HeaderRecord) -> np.ndarray:
         t0 = time.perf_counter()
-        arr = decode_mask_tile(data, ref, header) if ref.mask else decode_tile(data, ref, header)
+        limit = self.max_tile_bytes
+        decode = decode_mask_tile if ref.mask else decode_tile
+        arr = decode(data, ref, header, limit)
         self.decoding.tiles_decoded += 1
         self.decoding.decode_seconds += time.perf_counter() - t0
         return arr
 
-    def _settle(self, key: TileKey, exc: BaseException | None, value: Any = None) -> None:
+    def _settle(self, key: Any, exc: BaseException | None, value: Any = None) -> None:
         fut = self._inflight.pop(key, None)
         if fut is None or fut.done():
             return
         if exc is not None:
             fut.set_exception(exc)
+            fut.exception()  # delivered to every waiter still waiting; never "unretrieved"
         else:
             fut.set_result(value)
+
+
+def _version(identity: ObjectIdentity | None) -> tuple[Any, ...] | None:
+    """What tells two versions of an object apart (None: nothing recorded)."""
+    if identity is None:
+        return None
+    return (identity.size, identity.etag, identity.last_modified)
+
+
+def _cache_key(ref: TileRef, version: tuple[Any, ...] | None) -> Any:
+    return ref.key if version is None else (*ref.key, version)
+
+
+def _after(exc: BaseException, attempts: int) -> BaseException:
+    """A decode error that survived re-fetches, saying so."""
+    if attempts and isinstance(exc, DecodeError):
+        more = DecodeError(
+            exc.href,
+            f"{exc.cause} (the same after {attempts} re-fetch{'es' if attempts > 1 else ''})",
+            exc.byte_range,
+        )
+        more.__cause__ = exc
+        return more
+    return exc
 
 
 def _consume_exception(task: asyncio.Task[None]) -> None:

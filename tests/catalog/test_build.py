@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyproj
 import pytest
 import rasterio
+import rasterio.crs
 import shapely
+import tifffile
 from affine import Affine
 
 import catalog
+import cogflight_core
 from catalog.testing import synthetic_scene, write_cog
 from tests.conftest import s3_options
 from tests.support.servers import RangeServer
@@ -113,6 +120,141 @@ def test_failures_reported_without_losing_successes(tmp_path: Path) -> None:
     assert len(info.value.failures) == 4
     with pytest.raises(catalog.BuildError, match="no scene"):
         catalog.build_from_files([tmp_path / "broken.tif"], progress=False)
+
+
+def _planetary(path: Path, body: str) -> Path:
+    """A tiled GeoTIFF in a planetary CRS (PROJ refuses to transform it to CRS84)."""
+    wkt = pyproj.CRS(body).to_wkt()
+    with rasterio.open(path, "w", driver="GTiff", width=64, height=64, count=3, dtype="uint16",
+                       crs=rasterio.crs.CRS.from_wkt(wkt), tiled=True, blockxsize=32,
+                       blockysize=32, transform=Affine(0.01, 0, 10, 0, -0.01, 20)) as ds:
+        ds.write(np.ones((3, 64, 64), np.uint16))
+    return path
+
+
+def test_non_earth_crs_is_a_failure_not_an_exception(tmp_path: Path) -> None:
+    """Issue 10 (7): a raw pyproj ProjError sank the whole build; now the file fails alone."""
+    paths = _scene_files(tmp_path, n=2)
+    mars = _planetary(tmp_path / "mars.tif", "IAU_2015:49900")
+    europa = _planetary(tmp_path / "europa.tif", "IAU_2015:50200")
+    c = catalog.build_from_files([*paths, mars, europa], progress=False)
+    assert c.ids == [p.stem for p in paths]
+    by_id = {f.scene_id: f for f in c.failures}
+    assert set(by_id) == {"mars", "europa"}
+    for name in ("mars", "europa"):
+        assert by_id[name].error == "UnsupportedLayoutError"
+        assert by_id[name].href == str(tmp_path / f"{name}.tif")
+        assert "longitude/latitude" in by_id[name].reason
+    with pytest.raises(catalog.BuildError) as info:  # alone: a typed error listing the failure
+        catalog.build_from_files([mars], progress=False)
+    assert [f.error for f in info.value.failures] == ["UnsupportedLayoutError"]
+
+
+def _many_bands(path: Path, samples: int) -> Path:
+    """A small georeferenced file declaring ``samples`` bands (tifffile writes it)."""
+    keys = [1, 1, 0, 3, 1024, 0, 1, 1, 1025, 0, 1, 1, 3072, 0, 1, 32633]
+    tags = [(33550, "d", 3, (10.0, 10.0, 0.0), True),
+            (33922, "d", 6, (0.0, 0.0, 0.0, 500000.0, 4100000.0, 0.0), True),
+            (34735, "H", len(keys), keys, True)]
+    tifffile.imwrite(path, np.zeros((16, 16, samples), np.uint8), tile=(16, 16),
+                     compression="zlib", planarconfig="contig", photometric="minisblack",
+                     extratags=tags, metadata=None)
+    return path
+
+
+def _one_huge_tile(path: Path) -> Path:
+    """The issue's ~1 MB file: one 65536 x 16384 uint8 tile (1 GiB decoded), deflated zeros."""
+    z = zlib.compressobj(9)
+    chunk = bytes(1 << 20)
+    body = b"".join(z.compress(chunk) for _ in range(1024)) + z.flush()
+    keys = [1, 1, 0, 3, 1024, 0, 1, 1, 1025, 0, 1, 1, 3072, 0, 1, 32633]
+    entries = [(256, 4, [65536]), (257, 4, [16384]), (258, 3, [8]), (259, 3, [8]),
+               (262, 3, [1]), (277, 3, [1]), (322, 4, [65536]), (323, 4, [16384]),
+               (324, 4, [0]), (325, 4, [len(body)]), (33550, 12, [10.0, 10.0, 0.0]),
+               (33922, 12, [0.0, 0.0, 0.0, 500000.0, 4100000.0, 0.0]), (34735, 3, keys)]
+    fmt = {3: "H", 4: "I", 12: "d"}
+    size = {3: 2, 4: 4, 12: 8}
+    ifd_size = 2 + 12 * len(entries) + 4
+    blobs = bytearray()
+    data_at = 8 + ifd_size
+    fields = []
+    for tag, typ, values in entries:
+        payload = struct.pack(f"<{len(values)}{fmt[typ]}", *values)
+        if len(payload) <= 4:
+            fields.append(struct.pack("<HHI", tag, typ, len(values)) + payload.ljust(4, b"\0"))
+        else:
+            fields.append(struct.pack("<HHII", tag, typ, len(values), data_at + len(blobs)))
+            blobs += payload
+    tile_at = data_at + len(blobs)
+    fields[8] = struct.pack("<HHII", 324, 4, 1, tile_at)
+    assert all(size[t] for _, t, _ in entries)
+    head = b"II*\0" + struct.pack("<I", 8)
+    path.write_bytes(head + struct.pack("<H", len(entries)) + b"".join(fields)
+                     + b"\0\0\0\0" + bytes(blobs) + body)
+    return path
+
+
+@pytest.fixture
+def storage_env(monkeypatch: pytest.MonkeyPatch):
+    """Set storage settings through the environment for one test (the config is re-read)."""
+    def set_env(**values: str) -> None:
+        for key, value in values.items():
+            monkeypatch.setenv(key, value)
+        cogflight_core.config.cache_clear()
+
+    yield set_env
+    monkeypatch.undo()
+    cogflight_core.config.cache_clear()
+
+
+@pytest.mark.timeout(60)
+def test_limits_bound_indexing_and_keep_the_good_files(tmp_path: Path, storage_env) -> None:
+    """Issue 10 (5): 65,535 bands took 35 s to index (quadratic band checks); a 1 MB file
+    with one 65536 x 16384 tile cost ~1 GiB per chip read. Both are refused, by name."""
+    paths = _scene_files(tmp_path, n=2)
+    bands = _many_bands(tmp_path / "bands.tif", 65535)
+    huge = _one_huge_tile(tmp_path / "huge.tif")
+    assert huge.stat().st_size < 2 << 20
+    c = catalog.build_from_files([*paths, bands, huge], progress=False)
+    assert c.ids == [p.stem for p in paths]
+    by_id = {f.scene_id: f for f in c.failures}
+    assert by_id["bands"].error == by_id["huge"].error == "UnsupportedLayoutError"
+    assert "65535 samples" in by_id["bands"].reason
+    assert "max_samples" in by_id["bands"].reason and "1024" in by_id["bands"].reason
+    assert "1073741824 decoded bytes" in by_id["huge"].reason
+    assert "max_tile_bytes" in by_id["huge"].reason
+    # Raised limits: both index, the band checks are linear (this took 35 s before).
+    storage_env(COGFLIGHT_MAX_SAMPLES="65535", COGFLIGHT_MAX_TILE_BYTES="2GiB")
+    c = catalog.build_from_files([bands], progress=False)
+    assert not c.failures
+    assert len(c.bands) == 65535 and c.band_names[-1] == "b65535"
+    assert not catalog.build_from_files([huge], progress=False).failures
+    storage_env(COGFLIGHT_MAX_SAMPLES="3", COGFLIGHT_MAX_TILE_BYTES="1MiB")
+    c = catalog.build_from_files([paths[0], bands], progress=False)  # 3 bands, 256x256 tiles
+    assert c.ids == [paths[0].stem]
+    storage_env(COGFLIGHT_MAX_TILE_BYTES="100KiB")  # 256 x 256 x 3 x uint16 = 384 KiB
+    with pytest.raises(catalog.BuildError) as info:
+        catalog.build_from_files([paths[0]], progress=False)
+    assert "max_tile_bytes" in info.value.failures[0].reason
+
+
+def test_a_header_value_over_its_column_range_fails_that_scene(tmp_path: Path) -> None:
+    """Issue 10 (7): ``ArrowInvalid: Value 65535 too large to fit in C integer type`` came out
+    of the builder for one mutated header. The parser now refuses such values; the builder's
+    last line of defence turns whatever still does not fit into that scene's failure."""
+    from catalog._build import SceneSpec, _fit_assets, _scene_outcome
+    from catalog._read import HeaderResult
+
+    paths = _scene_files(tmp_path, n=2)
+    good = [catalog.read_header(str(p)) for p in paths]
+    odd = dataclasses.replace(good[1], extra_samples=(65535,))
+    results = {h.href: HeaderResult(h.href, h, None, 1) for h in (good[0], odd)}
+    specs = [SceneSpec(f"s{i}", None, {"image": h.href}) for i, h in enumerate((good[0], odd))]
+    scenes = [_scene_outcome(s, ["image"], {"image": 3}, results) for s in specs]
+    kept, failures, arrays = _fit_assets(scenes, ["image"])  # type: ignore[arg-type]
+    assert [k.spec.id for k in kept] == ["s0"] and len(arrays["image"]) == 1
+    assert [(f.scene_id, f.error) for f in failures] == [("s1", "HeaderError")]
+    assert "65535" in failures[0].reason
 
 
 def test_files_bad_arguments(tmp_path: Path) -> None:

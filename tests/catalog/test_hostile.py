@@ -830,3 +830,75 @@ def test_unsupported_sample_types(
         _write_rasterio(path, **profile)
     exc = expect_error(path, "samples are not supported", unsupported=True)
     assert words in exc.reason
+
+
+# ---------------------------------------------------------------------------
+# Limits and value ranges (issue 10, 5 and 7): refused while indexing, by name.
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("entry", "words"),
+    [
+        (E(338, SHORT, [65535]), "ExtraSamples"),
+        (E(338, SHORT, [0, 3]), "ExtraSamples"),
+        (E(50674, LONG, [4, 2**32 - 1]), "LercParameters"),
+    ],
+    ids=["extrasamples-65535", "extrasamples-3", "lerc-huge"],
+)
+def test_values_out_of_their_index_range(tmp_path: Path, entry: E, words: str) -> None:
+    """A mutated ExtraSamples of 65535 became ``ArrowInvalid`` out of the builder."""
+    path = write(tmp_path, "v.tif", build_tiff([image_ifd(extra=[entry])]))
+    expect_error(path, words, unsupported=False)
+
+
+def test_ycbcr_subsampling_out_of_range(tmp_path: Path) -> None:
+    entries = [E(262, SHORT, [6]) if e.tag == 262 else e for e in image_ifd()]
+    entries = [E(259, SHORT, [7]) if e.tag == 259 else e for e in entries]
+    entries = [E(277, SHORT, [3]) if e.tag == 277 else e for e in entries]
+    entries = [E(258, SHORT, [8, 8, 8]) if e.tag == 258 else e for e in entries]
+    path = write(tmp_path, "y.tif", build_tiff([[*entries, E(530, SHORT, [65535, 2])]]))
+    expect_error(path, "YCbCrSubSampling", unsupported=False)
+
+
+def test_samples_over_the_limit_refused_in_bounded_work(tmp_path: Path) -> None:
+    """65,535 declared bands: refused naming ``max_samples`` before any per-band work."""
+    entries = [E(277, SHORT, [65535]) if e.tag == 277 else e for e in image_ifd()]
+    entries = [E(258, SHORT, [8] * 65535) if e.tag == 258 else e for e in entries]
+    path = write(tmp_path, "bands.tif", build_tiff([entries]))
+    tracemalloc.start()
+    try:
+        exc = expect_error(path, "max_samples", unsupported=True)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert "65535 samples" in exc.reason and "COGFLIGHT_MAX_SAMPLES" in exc.reason
+    assert peak < 64 << 20, peak
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "samples", "planar", "bits", "refused"),
+    [
+        (65536, 16384, 1, 1, 8, True),  # the issue's 1 GiB tile
+        (16384, 16384, 1, 1, 8, False),  # exactly 256 MiB: at the limit
+        (16384, 16384, 2, 2, 8, False),  # planar: one sample per tile
+        (16384, 16384, 2, 1, 8, True),  # interleaved: two samples per tile
+        (8192, 8192, 1, 1, 64, True),  # 512 MiB of float64
+    ],
+)
+def test_tiles_over_max_tile_bytes(tmp_path: Path, width: int, height: int, samples: int,
+                                   planar: int, bits: int, refused: bool) -> None:
+    n = samples if planar == 2 else 1
+    fmt = 3 if bits == 64 else 1
+    entries = image_ifd(width, height, tile=1, n_offsets=n,
+                        drop=(256, 257, 322, 323, 258, 277, 339),
+                        extra=[E(256, LONG, [width]), E(257, LONG, [height]),
+                               E(322, LONG, [width]), E(323, LONG, [height]),
+                               E(258, SHORT, [bits] * samples), E(277, SHORT, [samples]),
+                               E(339, SHORT, [fmt] * samples), E(284, SHORT, [planar])])
+    path = write(tmp_path, "t.tif", build_tiff([entries]))
+    if refused:
+        exc = expect_error(path, "max_tile_bytes", unsupported=True)
+        assert "COGFLIGHT_MAX_TILE_BYTES" in exc.reason
+    else:
+        assert read_header(str(path)).levels[0].tile_width == width

@@ -65,6 +65,7 @@ CASES: dict[str, list[tuple[Any, Any]]] = {
     "columns": [(("label",), ["label"])],
     "shard": [({"index": np.int64(1), "count": 3}, (1, 3)), ({"count": 4}, 4)],
     "on_error": [("skip", "skip")],
+    "skip": [(0, 0), (np.int64(17), 17)],
 }
 
 FILTER_CASES: dict[str, list[tuple[Any, Any]]] = {

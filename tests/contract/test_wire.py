@@ -35,6 +35,7 @@ WRONG = {
     "columns": ["label", 3],
     "shard": {"count": 0},
     "on_error": "ignore",
+    "skip": -1,
 }
 FILTER_WRONG = {
     "date_range": 2024,
@@ -160,3 +161,11 @@ def test_numbers_that_are_booleans_are_refused() -> None:
         parse_query(_query(chip_size=True))
     with pytest.raises(InvalidArgumentError, match="batch_rows"):
         parse_query(_query(batch_rows=False))
+
+
+@pytest.mark.parametrize("value", [-1, True, 1.5, "3", None, [2]])
+def test_skip_is_a_non_negative_integer(value) -> None:
+    with pytest.raises(InvalidArgumentError, match="skip"):
+        parse_query(_query(skip=value))
+    assert parse_query(_query(skip=0)).request["skip"] == 0
+    assert parse_query(_query(skip=10**12)).request["skip"] == 10**12

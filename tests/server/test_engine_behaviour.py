@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import threading
 import time
 from pathlib import Path
@@ -184,7 +185,9 @@ def test_errors_name_asset_range_and_cause(tmp_path: Path) -> None:
     off, n = int(h.levels[0].tile_offsets[0]), int(h.levels[0].tile_byte_counts[0])
     data = bytearray(bad.read_bytes())
     data[off + 10 : off + n - 10] = b"\xff" * (n - 20)  # corrupt the first tile
+    st = bad.stat()
     bad.write_bytes(bytes(data))
+    os.utime(bad, ns=(st.st_atime_ns, st.st_mtime_ns))  # bit rot: same size and time
     req = ChipRequest.create(geometries=[_box(0, 0, 50, 50)], geometry_crs="EPSG:32633")
     with ChipEngine() as e:
         with pytest.raises(DecodeError) as info:

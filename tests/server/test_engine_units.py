@@ -415,8 +415,9 @@ def test_one_column_specification_for_schema_and_rows(collection: catalog.Collec
     table = rows.table(chips, (4, 6))
     assert table.schema == schema == rows.schema
     assert schema.names == ["id", "datetime", "geometry_index", "crs", "transform", "bounds",
-                            "label"]
+                            "ordinal", "label"]
     assert table.column("geometry_index").to_pylist() == [0, 1]
+    assert table.column("ordinal").to_pylist() == [c.index for c in chips]
     assert table.column("bounds")[0].as_py() == [GT[0], GT[3] - 40, GT[0] + 60, GT[3]]
     if steps is None:
         assert table.column("id").to_pylist() == ["s1", "s0"]

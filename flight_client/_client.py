@@ -76,6 +76,7 @@ class Client:
     ) -> None:
         self.location = location
         self.retry = RetryPolicy(retries, retry_wait_s, max(DEFAULT_RETRY.max_wait_s, retry_wait_s))
+        self._peer_list: list[str] | None = None
         self._token = token
         self._tls = {
             k: v
@@ -255,7 +256,21 @@ class Client:
         arrays of boxes or points.
         """
         ticket = json.dumps(build_query(collection, **fields)).encode()
-        yield from self._stream(ticket, [None])
+        yield from self._stream(ticket, [None, *self._peers()])
+
+    def _peers(self) -> list[str]:
+        """The other locations the server advertises (its workers or replicas), once asked.
+
+        A stream of :meth:`chips` broken because this server went away resumes at them.
+        """
+        if self._peer_list is None:
+            try:
+                doc = self.health()
+            except CogflightError:  # an old server or none: no failover, nothing else changes
+                return []
+            own = doc.get("location")
+            self._peer_list = [str(x) for x in doc.get("locations", []) if x != own]
+        return self._peer_list
 
 
 def connect(

@@ -51,6 +51,9 @@ def run_action(
             "pid": os.getpid(),
             "worker": service.worker,
             "location": service.location,
+            # Every location the server places endpoints on (itself, its workers or the
+            # replicas it advertises): where a client goes when this one is lost.
+            "locations": list(service.locations),
         }
     if kind == "collections":
         auth = context.get_middleware("auth")

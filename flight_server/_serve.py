@@ -2,8 +2,9 @@
 
 With ``workers=N`` the service runs in N processes on N consecutive ports (the
 first in this process); every worker advertises all N locations, so a query's
-shard endpoints spread round-robin over them and a client reading endpoints in
-parallel uses every process (one Python process is bound by its GIL). Workers
+shard endpoints are placed over them by tile locality (each tile fetched and decoded
+by one worker; ``engine._locality``) and a client reading endpoints in parallel uses
+every process (one Python process is bound by its GIL). Workers
 are started with ``spawn``: gRPC and obstore are not fork-safe.
 
 A :class:`ServerConfig` carries the server and engine sections of the one

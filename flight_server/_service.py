@@ -85,7 +85,7 @@ class FlightService(flight.FlightServerBase):  # type: ignore[misc]
         location: where to listen, e.g. ``grpc://0.0.0.0:8815``.
         root: the Collections served.
         engine: the chip engine (one per process).
-        locations: advertised locations for chip endpoints, spread round-robin
+        locations: advertised locations for chip endpoints, placed by tile locality
             (default: this server's own location).
         default_shards: endpoints per query when the query names no shard count.
         max_streams: concurrent chip streams before new ones get UNAVAILABLE.
@@ -284,10 +284,17 @@ class FlightService(flight.FlightServerBase):  # type: ignore[misc]
         count = query.shard_count or self.default_shards or len(self.locations)
         self._check_endpoints(query.shard[1] if query.shard is not None else count)
         plan = self.engine.plan(collection, self._request(collection, query, query.shard))
-        shards = [query.shard] if query.shard is not None else [(i, count) for i in range(count)]
+        if query.shard is not None:  # one shard asked for: where its tiles live
+            whole = self.engine.plan(collection, self._request(collection, query, None))
+            index, n = query.shard
+            places = [self.engine.place(collection, whole, n, self.locations)[index]]
+            shards = [query.shard]
+        else:
+            places = self.engine.place(collection, plan, count, self.locations)
+            shards = [(i, count) for i in range(count)]
         endpoints = [
-            flight.FlightEndpoint(query.ticket(s), [self.locations[k % len(self.locations)]])
-            for k, s in enumerate(shards)
+            flight.FlightEndpoint(query.ticket(s), where)
+            for s, where in zip(shards, places, strict=True)
         ]
         chips = plan.total_chips if query.shard is None else plan.chips
         logger.info(

@@ -12,7 +12,7 @@ every request of the engine.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from catalog import AccessPolicy, Collection
@@ -23,7 +23,8 @@ from cogflight_core._config import with_updates
 from ._assemble import fill_value
 from ._cache import TileCache
 from ._headers import HeaderCache
-from ._plan import batch_rows, plan_request
+from ._locality import place_shards, shard_key, shard_members
+from ._plan import batch_rows, chip_keys, plan_request
 from ._produce import produce
 from ._render import Render
 from ._request import ChipRequest
@@ -164,6 +165,21 @@ class ChipEngine:
             max_chip_pixels=s.max_chip_pixels,
             max_batch_bytes=s.max_batch_bytes,
         )
+
+    def place(
+        self, collection: Collection, plan: ChipPlan, count: int, locations: Sequence[str]
+    ) -> list[list[str]]:
+        """Where each of ``count`` shards of an unsharded ``plan`` should be read, in order.
+
+        Shards keep chips over the same tiles together; each is placed by rendezvous
+        hashing of its tiles over ``locations`` (the rest of each list: failover order).
+        See :mod:`._locality`.
+        """
+        keys = chip_keys(
+            plan.items, plan.bands, lambda row, band: self.headers.get(collection, row, band)
+        )
+        members = shard_members(keys, count)
+        return place_shards([shard_key(keys, m) for m in members], locations)
 
     def stream(
         self, collection: Collection, request: ChipRequest, *, prefetch: int = 2

@@ -29,6 +29,7 @@ from cogflight_core import InvalidArgumentError, LimitExceededError
 from ._arrow import band_metadata, chip_schema
 from ._columns import meta_columns, meta_schema
 from ._geometry import reproject_geometry
+from ._locality import locality_keys, shard_members
 from ._request import ChipRequest
 from ._types import Chip, ChipPlan, Grid
 from ._windows import GeoTransform, Window, centered_window, geometry_window, window_transform
@@ -37,6 +38,7 @@ __all__ = [
     "batch_rows",
     "chip_buffer_bytes",
     "chip_grid",
+    "chip_keys",
     "output_dtype",
     "plan_request",
     "scene_groups",
@@ -204,6 +206,13 @@ def _chips(
     return chips
 
 
+def chip_keys(chips: Sequence[Chip], bands: Sequence[Band], header_of: HeaderOf) -> list[int]:
+    """Each chip's locality key (its first scene and the tile under its centre)."""
+    return locality_keys(
+        [c.grid for c in chips], [c.rows[0] for c in chips], lambda row: header_of(row, bands[0])
+    )
+
+
 def chip_buffer_bytes(shape: Sequence[int], dtype: np.dtype) -> int:
     """Bytes one chip takes in a batch: its pixels plus its validity mask (one byte a pixel)."""
     pixels = int(np.prod(shape, dtype=object))
@@ -266,9 +275,10 @@ def plan_request(
     if max_batch_bytes is not None and chips:
         _check_chip_bytes(shape, dtype, max_batch_bytes)
     total = len(chips)
-    if request.shard is not None:
-        index, count = request.shard
-        chips = chips[index * total // count : (index + 1) * total // count]
+    if request.shard is not None and request.shard[1] > 1:
+        index, count = request.shard  # the chips of one locality shard, in ordinal order
+        members = shard_members(chip_keys(chips, bands, header_of), count)[index]
+        chips = [chips[p] for p in members]
     chips = chips[request.skip :]  # a resumed stream: what its client already has
     schema = chip_schema(
         meta_schema(columns, request.time_series),

@@ -100,7 +100,13 @@ def test_unshuffled_single_process_keeps_server_order(server, reference) -> None
     ds = fc.ChipDataset(server.location, "alpha", **QUERY)
     pairs = _keys(DataLoader(ds, batch_size=5))
     _assert_exactly_once(pairs, reference)
-    assert [k for k, _ in pairs] == list(reference), "chips in the server's order"
+    # The server's order: its endpoints in turn (2 for one consumer), each in ordinal order.
+    client = fc.connect(server.location)
+    info = client.plan("alpha", shards=2, **QUERY)
+    order = [chip_key(i, int(g)) for ep in info.endpoints for rb in client.read_endpoint(ep)
+             for i, g in zip(rb.column("id").to_pylist(),
+                             rb.column("geometry_index").to_pylist(), strict=True)]
+    assert [k for k, _ in pairs] == order, "chips in the server's order"
 
 
 def test_whole_batches_and_embedded_server(root: Path, reference) -> None:

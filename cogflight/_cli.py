@@ -12,7 +12,8 @@ traceback means a bug; ``-vv`` logs one for every error.
 
 Logging goes to stderr. Commands that print their result (build, info, preview,
 demo) log warnings only unless ``-v`` is given, so a failure prints nothing but
-its error line; ``serve``, whose log is its output, logs INFO by default.
+its error line; ``serve``, whose log is its output, logs INFO by default, as text or,
+with ``log_format = json``, one JSON object per line (``cogflight_core._logging``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from cogflight_core import BuildError, CogflightError
+from cogflight_core._logging import configure_logging
 
 from . import _build_cmds, _demo, _preview_cmd, _serve_cmd
 from ._version import __version__
@@ -71,9 +73,7 @@ def _configure_logging(args: argparse.Namespace) -> None:
         level = logging.DEBUG if args.verbose > 1 else logging.INFO
     else:
         level = logging.getLevelName(getattr(args, "default_log", "WARNING"))
-    logging.basicConfig(
-        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+    configure_logging(level)  # text; `serve` switches to its log_format once it is read
 
 
 def error_line(exc: BaseException) -> str:

@@ -54,8 +54,10 @@ def _metavar(f: dataclasses.Field[Any], spec: Setting) -> str:
         return "LOCATION"
     if spec.parse is int:
         return "N"
-    if f.name.endswith("_file") or f.name.startswith("tls_"):
+    if f.name.endswith(("_file", "_log")) or f.name.startswith("tls_"):
         return "PATH"
+    if f.name == "log_format":
+        return "{text,json}"
     return f.name.upper()
 
 
@@ -140,7 +142,11 @@ def server_from_args(args: argparse.Namespace) -> Any:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    server = server_from_args(args).start()
+    from cogflight_core._logging import configure_logging
+
+    server = server_from_args(args)
+    configure_logging(None, server.config.server.log_format)  # workers follow it too
+    server.start()
     server.serve_forever()
     return 0
 

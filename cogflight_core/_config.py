@@ -73,6 +73,12 @@ def _csv(value: str) -> tuple[str, ...]:
     return tuple(v.strip() for v in value.split(",") if v.strip())
 
 
+def _log_format(value: str) -> str:
+    if value.strip().lower() not in ("text", "json"):
+        raise InvalidArgumentError(f"log format {value!r}: use 'text' or 'json'")
+    return value.strip().lower()
+
+
 @dataclass(frozen=True, slots=True)
 class Setting:
     """What one field's metadata says: how to read it and what it means."""
@@ -220,6 +226,20 @@ class ServerSettings:
     tls_cert: str | None = _setting(None, "PEM certificate (enables TLS)", _text)
     tls_key: str | None = _setting(None, "PEM private key", _text)
     tls_client_ca: str | None = _setting(None, "PEM CA of client certificates (mutual TLS)", _text)
+    http_port: int = _setting(
+        0,
+        "HTTP port of /healthz, /readyz and /metrics (0: off); worker k listens on http_port + k",
+        minimum=0,
+    )
+    usage_log: str | None = _setting(
+        None,
+        "append one JSON line per finished chip stream to this file (per-token usage); "
+        "worker k > 0 writes PATH.wK",
+        _text,
+    )
+    log_format: str = _setting(
+        "text", "log lines: text, or json (one object per line)", _log_format
+    )
 
 
 _SECTIONS = (("storage", StorageSettings), ("engine", EngineSettings), ("server", ServerSettings))

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from pyarrow import flight
@@ -55,12 +55,30 @@ class AuthMiddleware(flight.ServerMiddleware):  # type: ignore[misc]
 
 
 class AuthFactory(flight.ServerMiddlewareFactory):  # type: ignore[misc]
-    """Bearer tokens: ``authorization: Bearer <token>`` on every call."""
+    """Bearer tokens: ``authorization: Bearer <token>`` on every call.
 
-    def __init__(self, tokens: Mapping[str, frozenset[str] | None]) -> None:
+    ``refused`` is told the method (``DoGet``) of each call refused here (metrics).
+    """
+
+    def __init__(
+        self,
+        tokens: Mapping[str, frozenset[str] | None],
+        refused: Callable[[str], None] | None = None,
+    ) -> None:
         self._tokens = [(t.encode(), allowed) for t, allowed in tokens.items()]
+        self._refused = refused
 
     def start_call(self, info: flight.CallInfo, headers: dict[str, list[str]]) -> AuthMiddleware:
+        """The call's middleware; UNAUTHENTICATED without a known token."""
+        try:
+            return self._check(headers)
+        except flight.FlightUnauthenticatedError:
+            if self._refused is not None:
+                method = str(getattr(info.method, "name", info.method)).rsplit(".", 1)[-1]
+                self._refused("".join(w.capitalize() for w in method.split("_")))
+            raise
+
+    def _check(self, headers: dict[str, list[str]]) -> AuthMiddleware:
         values = headers.get("authorization") or headers.get("Authorization") or []
         if not values:
             raise flight.FlightUnauthenticatedError(

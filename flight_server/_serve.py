@@ -5,7 +5,10 @@ first in this process); every worker advertises all N locations, so a query's
 shard endpoints are placed over them by tile locality (each tile fetched and decoded
 by one worker; ``engine._locality``) and a client reading endpoints in parallel uses
 every process (one Python process is bound by its GIL). Workers
-are started with ``spawn``: gRPC and obstore are not fork-safe.
+are started with ``spawn``: gRPC and obstore are not fork-safe. With ``http_port``
+set, worker k also serves ``/healthz``, ``/readyz`` and ``/metrics`` on
+``http_port + k`` (:mod:`._probes`), and writes its usage log to its own file
+(:func:`usage_log_path`).
 
 A :class:`ServerConfig` carries the server and engine sections of the one
 configuration model (``cogflight_core.Config``), so every engine limit given to
@@ -42,7 +45,9 @@ from cogflight_core import (
     parse_bytes,
 )
 from cogflight_core._config import settings_fields, with_updates
+from cogflight_core._logging import configure_logging
 
+from ._probes import ProbeServer, probe_server
 from ._roots import CollectionRoot
 from ._service import FlightService, load_tokens
 from .engine import ChipEngine
@@ -241,6 +246,7 @@ def _service(
             verify_client=ca is not None,
             root_certificates=ca,
             worker=worker,
+            usage_log=usage_log_path(s.usage_log, worker) if s.usage_log else None,
         )
     except pa.ArrowException as exc:
         engine.close()
@@ -250,14 +256,37 @@ def _service(
         ) from exc
 
 
+def usage_log_path(path: str, worker: int) -> str:
+    """The usage log of ``worker``: ``path`` for worker 0, ``path.wK`` for worker K.
+
+    One file per process, so appends never interleave and need no lock shared
+    between processes; every record names its worker, and ``cat PATH PATH.w*``
+    is the whole log.
+    """
+    return path if worker == 0 else f"{path}.w{worker}"
+
+
+def _start(
+    config: ServerConfig, port: int, worker: int
+) -> tuple[FlightService, ProbeServer | None]:
+    """A worker's Flight service, and its HTTP probes on ``http_port + worker`` when set."""
+    svc = _service(config, port, worker, None)
+    s = config.server
+    if not s.http_port:
+        return svc, None
+    try:
+        return svc, probe_server(svc, s.host, s.http_port + worker)
+    except BaseException:
+        _stop_service(svc, 0.0)
+        raise
+
+
 def _worker_main(config: ServerConfig, worker: int, conn: Any, log_level: int) -> None:
     """Entry point of a spawned worker: bind, report the port, wait for peers, serve."""
-    logging.basicConfig(
-        level=log_level, format=f"%(asctime)s %(levelname)s worker{worker} %(name)s: %(message)s"
-    )
+    configure_logging(log_level, config.server.log_format, worker=worker)
     try:
-        svc = _service(
-            config, config.server.port + worker if config.server.port else 0, worker, None
+        svc, probes = _start(
+            config, config.server.port + worker if config.server.port else 0, worker
         )
     except CogflightError as exc:  # the parent reports it; no traceback for a user mistake
         conn.send(("error", str(exc).splitlines()[0]))
@@ -277,11 +306,14 @@ def _worker_main(config: ServerConfig, worker: int, conn: Any, log_level: int) -
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logger.info("worker %d serving %s on %s", worker, config.root, svc.location)
     stop.wait()
-    _stop_service(svc, config.server.drain_s)
+    _stop_service(svc, config.server.drain_s, probes)
 
 
-def _stop_service(svc: FlightService, drain_s: float) -> None:
-    """Drain, stop serving and free the engine of one service.
+def _stop_service(svc: FlightService, drain_s: float, probes: ProbeServer | None = None) -> None:
+    """Drain, stop serving and free the engine of one service, then close its probes.
+
+    The probes answer until the end: ``/readyz`` says 503 from the moment draining
+    starts, so a load balancer stops sending new clients while streams finish.
 
     pyarrow's ``shutdown()`` waits for every call in progress, and a client that
     stops reading without disconnecting holds its call open (gRPC's write waits for
@@ -298,6 +330,8 @@ def _stop_service(svc: FlightService, drain_s: float) -> None:
         )
     svc.close()
     svc.engine.close()
+    if probes is not None:
+        probes.close()
 
 
 class Server:
@@ -315,6 +349,7 @@ class Server:
         if self.config.server.workers < 1:
             raise InvalidArgumentError("workers must be >= 1")
         self._service: FlightService | None = None
+        self._probes: ProbeServer | None = None
         self._thread: threading.Thread | None = None
         self._children: list[tuple[mp.process.BaseProcess, Any]] = []
         self.locations: list[str] = []
@@ -334,7 +369,7 @@ class Server:
     def start(self) -> Server:
         """Bind every worker and start serving in background threads/processes."""
         cfg = self.config
-        svc = _service(cfg, cfg.server.port, 0, None)
+        svc, self._probes = _start(cfg, cfg.server.port, 0)
         self._service = svc
         ports = [svc.port]
         ctx = mp.get_context("spawn")
@@ -398,7 +433,8 @@ class Server:
             if proc.is_alive():
                 proc.terminate()  # SIGTERM: the worker drains too
         if self._service is not None:
-            _stop_service(self._service, drain_s)
+            _stop_service(self._service, drain_s, self._probes)
+            self._probes = None
             if self._thread is not None:
                 self._thread.join(timeout=10)
             self._service = None

@@ -49,6 +49,7 @@ from ._actions import ACTIONS, run_action
 from ._auth import AuthFactory, load_tokens
 from ._framing import alignment_padding, ipc_header_length
 from ._messages import Redactor, code_of, install_traceback_filter, new_request_id, wire_error
+from ._metrics import CallRecord, Metrics
 from ._query import Query, parse_query
 from ._roots import CollectionRoot
 from ._streams import GONE, SHUTDOWN, Lease, StreamLimitError, StreamSlots, next_batch
@@ -94,6 +95,7 @@ class FlightService(flight.FlightServerBase):  # type: ignore[misc]
             ``max_streams``); clients without a token share one principal.
         tokens: bearer tokens (see :func:`load_tokens`); None disables auth.
         tls_certificates, verify_client, root_certificates: TLS and mutual TLS.
+        usage_log: append one JSON line per finished chip stream there (``Metrics``).
     """
 
     def __init__(
@@ -112,8 +114,11 @@ class FlightService(flight.FlightServerBase):  # type: ignore[misc]
         verify_client: bool = False,
         root_certificates: bytes | None = None,
         worker: int = 0,
+        usage_log: str | None = None,
     ) -> None:
-        middleware = {"auth": AuthFactory(tokens)} if tokens else None
+        self.metrics = Metrics(engine.stats, self, usage_log=usage_log)
+        auth = AuthFactory(tokens, refused=self.metrics.unauthenticated) if tokens else None
+        middleware = {"auth": auth} if auth else None
         certs = [flight.CertKeyPair(c, k) for c, k in (tls_certificates or [])]
         mark_grpc_started()  # a process forked from here on cannot use gRPC
         super().__init__(
@@ -175,21 +180,25 @@ class FlightService(flight.FlightServerBase):  # type: ignore[misc]
         return auth.principal if auth is not None else "anonymous"
 
     def _refuse(
-        self, exc: BaseException, request_id: str, call: str, context: flight.ServerCallContext
+        self,
+        exc: BaseException,
+        request_id: str,
+        call: str,
+        context: flight.ServerCallContext,
+        record: CallRecord,
     ) -> BaseException:
         """Count and log ``exc`` under ``request_id``; the clean exception the client gets."""
         code = code_of(exc)
-        if code == "CANCELLED":
-            pass  # the client is gone; already counted as cancelled
-        elif code in _CLIENT_ERRORS or isinstance(exc, StreamLimitError):
-            self._count("rejected")
-        else:
-            self._count("errors")
+        client = code in _CLIENT_ERRORS or isinstance(exc, StreamLimitError)
+        kind = "rejected" if client else "errors"
+        if code != "CANCELLED":  # else the client is gone; already counted as cancelled
+            self._count(kind)
+            self.metrics.refused(record, code, kind)
         if isinstance(exc, DeadlineExceededError):
             self._count("timed_out")
-        peer = _peer(context)
+        peer, log = _peer(context), logging.LoggerAdapter(logger, {"request_id": request_id})
         if code == "INTERNAL":
-            logger.error(
+            log.error(
                 "request %s (%s from %s): internal error", request_id, call, peer, exc_info=exc
             )
         else:
@@ -197,8 +206,8 @@ class FlightService(flight.FlightServerBase):  # type: ignore[misc]
             # under load (counted as rejected) and would flood the log at warning level.
             busy = isinstance(exc, StreamLimitError)
             trouble = code in ("UNAVAILABLE", "DEADLINE_EXCEEDED") and not busy
-            log = logger.warning if trouble else logger.info
-            log("request %s (%s from %s): %s: %s", request_id, call, peer, code, exc)
+            emit = log.warning if trouble else log.info
+            emit("request %s (%s from %s): %s: %s", request_id, call, peer, code, exc)
         return wire_error(exc, request_id, self._redact)
 
     def _guard(
@@ -208,6 +217,7 @@ class FlightService(flight.FlightServerBase):  # type: ignore[misc]
         fn: Any,
         *args: Any,
         request_id: str | None = None,
+        record: CallRecord | None = None,
     ) -> Any:
         """Run a handler body on the service's own threads and map its errors.
 
@@ -217,12 +227,16 @@ class FlightService(flight.FlightServerBase):  # type: ignore[misc]
         call). Planning uses pyproj, so handler bodies run on stable Python threads;
         actions run on a pool of their own, so health checks never wait for planning.
         """
-        request_id = request_id or new_request_id()
+        record = record or CallRecord(call.partition(" ")[0], request_id or new_request_id())
+        request_id = record.request_id
         pool = self._control if call.startswith("DoAction") else self._pool
         try:
-            return pool.submit(fn, *args).result()
+            result = pool.submit(fn, *args).result()
         except BaseException as exc:
-            raise self._refuse(exc, request_id, call, context) from exc
+            self.metrics.answered(record, code_of(exc))
+            raise self._refuse(exc, request_id, call, context, record) from exc
+        self.metrics.answered(record, "OK")
+        return result
 
     def _request(
         self, collection: Collection, query: Query, shard: tuple[int, int] | None
@@ -326,17 +340,17 @@ class FlightService(flight.FlightServerBase):  # type: ignore[misc]
         self, context: flight.ServerCallContext, ticket: flight.Ticket
     ) -> flight.FlightDataStream:
         """Stream a ticket: a server-issued one or a query JSON; batches as soon as ready."""
-        request_id = new_request_id()
-        return self._guard(
-            context, "DoGet", self._do_get, context, ticket, request_id, request_id=request_id
-        )
+        rec = CallRecord("DoGet", new_request_id())
+        return self._guard(context, "DoGet", self._do_get, context, ticket, rec, record=rec)
 
     def _do_get(
-        self, context: flight.ServerCallContext, ticket: flight.Ticket, request_id: str
+        self, context: flight.ServerCallContext, ticket: flight.Ticket, record: CallRecord
     ) -> flight.FlightDataStream:
+        request_id = record.request_id
         query = parse_query(ticket.ticket)
         self.authorize(context, query.collection)
         collection = self.root.get(query.collection)
+        record.collection = query.collection  # served: a bounded metric label from here on
         if query.index:
             table = collection.table
             if query.filter:
@@ -368,8 +382,9 @@ class FlightService(flight.FlightServerBase):  # type: ignore[misc]
             stream.chip_count,
             list(stream.shape),
             query.shard,
+            extra={"request_id": request_id},
         )
-        batches = self._batches(context, lease, stream, query, request_id)
+        batches = self._batches(context, lease, stream, query, record)
         return flight.GeneratorStream(stream.plan.schema, lease.watch(batches))
 
     def _batches(
@@ -378,19 +393,19 @@ class FlightService(flight.FlightServerBase):  # type: ignore[misc]
         lease: Lease,
         stream: ChipStream,
         query: Query,
-        request_id: str,
+        record: CallRecord,
     ) -> Iterator[tuple[pa.RecordBatch, pa.Buffer]]:
         sent = 0
-        outcome = "stopped"
+        outcome, code = "cancelled", "CANCELLED"
         header_len: int | None = None
+        tally = self.metrics.stream(record, lease.principal, _peer(context), query.shard)
         try:
             while True:
                 batch = next_batch(context, lease, stream)
                 if batch is GONE:
-                    outcome = "cancelled"
                     break
                 if batch is None:
-                    outcome = "done"
+                    outcome, code = "done", "OK"
                     break
                 rb = batch.to_record_batch()
                 if header_len is None:
@@ -398,26 +413,19 @@ class FlightService(flight.FlightServerBase):  # type: ignore[misc]
                 sent += rb.num_rows
                 self._count("batches_sent")
                 yield rb, alignment_padding(rb, header_len)
+                tally.sent(rb.num_rows, rb.nbytes)  # gRPC took it: pyarrow asks for the next
         except GeneratorExit:  # pyarrow dropped the stream: the client went away
-            outcome = "cancelled"
             raise
         except BaseException as exc:
-            outcome = "failed"
-            raise self._refuse(exc, request_id, "DoGet", context) from exc
+            outcome, code = "failed", code_of(exc)
+            raise self._refuse(exc, record.request_id, "DoGet", context, record) from exc
         finally:
             lease.release()
             with self._lock:
                 self._counters["chips_sent"] += sent
                 if outcome == "cancelled":
                     self._counters["cancelled"] += 1
-            logger.info(
-                "request %s: stream %r %s: %d chips in %.2f s",
-                request_id,
-                query.collection,
-                outcome,
-                sent,
-                time.monotonic() - lease.started,
-            )
+            tally.finish(outcome, code)  # metrics, the usage record and the log line
 
     @property
     def uptime_s(self) -> float:

@@ -26,7 +26,7 @@ from cogflight_core import (
     parse_query,
 )
 
-__all__ = ["build_index_query", "build_query", "geometries_field", "jsonable"]
+__all__ = ["build_index_query", "build_query", "geometries_field", "jsonable", "split_query"]
 
 
 def jsonable(value: Any) -> Any:
@@ -180,3 +180,25 @@ def build_index_query(collection: str, filter: Mapping[str, Any] | None) -> dict
         doc["filter"] = jsonable(filter)
     _parsed(doc)
     return doc
+
+
+def split_query(
+    doc: Mapping[str, Any], given: Mapping[str, Any], *, reader: str
+) -> tuple[str | None, dict[str, Any]]:
+    """``(collection, fields)`` of a wire query document, completed by ``given`` fields.
+
+    For consumers that take a whole query document (Ray, Spark) as well as fields.
+
+    Raises:
+        InvalidArgumentError: another version, an index query, a field given both ways.
+    """
+    body = dict(doc)
+    if body.pop("v", QUERY_VERSION) != QUERY_VERSION:
+        raise InvalidArgumentError(f"v: this client speaks version {QUERY_VERSION}")
+    if body.pop("index", False):
+        raise InvalidArgumentError(f"index: {reader} reads chips, not a Collection's index")
+    collection = body.pop("collection", None)
+    both = sorted(set(body) & set(given))
+    if both:
+        raise InvalidArgumentError(f"{both[0]}: given in the query document and as an argument")
+    return collection, {**body, **given}

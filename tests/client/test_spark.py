@@ -367,3 +367,47 @@ def test_bearer_token(
         reader(spark, srv.location, collection="alpha", **fields).load()
     with pytest.raises(PySparkException, match="AuthenticationError: invalid token"):
         reader(spark, srv.location, collection="alpha", token="x" * 32, **fields).load()
+
+
+def _dead_location() -> str:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"grpc://127.0.0.1:{s.getsockname()[1]}"
+
+
+def test_partitions_fail_over_to_an_endpoints_other_locations(
+    spark: SparkSession, server: Any, flight_root: Any, start_server: Any
+) -> None:
+    # A planner advertising a dead replica and the live server: the endpoints placed on the
+    # dead one first are read at the live one by their Spark tasks.
+    dead = _dead_location()
+    planner = start_server(flight_root.path, advertise=[dead, server.location])
+    fields = {**FIELDS, "bands": ["red"]}
+    with fc.connect(planner.location) as client:
+        info = client.plan("alpha", shards=4, **fields)
+    assert sum(ep.locations[0].uri.decode() == dead for ep in info.endpoints) == 2
+    df = reader(spark, planner.location, collection="alpha", shards=4, retry_wait_s=0.05,
+                **fields).load()
+    assert_same_chips(spark_chips(df), python_chips(server.location, **fields))
+
+
+def test_tls(spark: SparkSession, flight_root: Any, start_server: Any, tmp_path: Path) -> None:
+    from tests.support.flight_fixtures import tls_material
+
+    tls = tls_material(tmp_path)
+    srv = start_server(
+        flight_root.path, tls_cert=str(tls["server_cert"]), tls_key=str(tls["server_key"])
+    )
+    assert srv.location.startswith("grpc+tls://")
+    fields = {**FIELDS, "bands": ["red"]}
+    df = reader(spark, srv.location, collection="alpha", shards=4,
+                tls_root_certs=str(tls["ca_cert"]), **fields).load()
+    ca = tls["ca_cert"].read_bytes()
+    with fc.connect(srv.location, tls_root_certs=ca) as client:
+        want = pa.Table.from_batches(list(client.chips("alpha", **fields)))
+    got = spark_chips(df)
+    assert got["ordinal"].tolist() == want.column("ordinal").to_pylist()
+    np.testing.assert_array_equal(
+        got["chip"], np.concatenate([c.to_numpy_ndarray() for c in want.column("chip").chunks]))

@@ -23,6 +23,7 @@ slots are guarded by locks.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import threading
@@ -297,20 +298,15 @@ class FlightService(flight.FlightServerBase):  # type: ignore[misc]
             return self._index_info(query.collection, query.filter)
         count = query.shard_count or self.default_shards or len(self.locations)
         self._check_endpoints(query.shard[1] if query.shard is not None else count)
-        plan = self.engine.plan(collection, self._request(collection, query, query.shard))
-        if query.shard is not None:  # one shard asked for: where its tiles live
-            whole = self.engine.plan(collection, self._request(collection, query, None))
-            index, n = query.shard
-            places = [self.engine.place(collection, whole, n, self.locations)[index]]
-            shards = [query.shard]
-        else:
-            places = self.engine.place(collection, plan, count, self.locations)
-            shards = [(i, count) for i in range(count)]
-        endpoints = [
-            flight.FlightEndpoint(query.ticket(s), where)
-            for s, where in zip(shards, places, strict=True)
-        ]
-        chips = plan.total_chips if query.shard is None else plan.chips
+        # Placement sees every chip of the query (shards are cut before skip applies).
+        request = dataclasses.replace(self._request(collection, query, None), skip=0)
+        plan = self.engine.plan(collection, request)
+        n = query.shard[1] if query.shard is not None else count
+        places, sizes = self.engine.place(collection, plan, n, self.locations)
+        picked = [query.shard[0]] if query.shard is not None else list(range(n))
+        endpoints = [flight.FlightEndpoint(query.ticket((i, n)), places[i]) for i in picked]
+        skip = int(query.request.get("skip") or 0)
+        chips = sum(max(0, sizes[i] - skip) for i in picked)
         logger.info(
             "planned %r: %d chips of %s in %d endpoints",
             query.collection,

@@ -168,8 +168,8 @@ class ChipEngine:
 
     def place(
         self, collection: Collection, plan: ChipPlan, count: int, locations: Sequence[str]
-    ) -> list[list[str]]:
-        """Where each of ``count`` shards of an unsharded ``plan`` should be read, in order.
+    ) -> tuple[list[list[str]], list[int]]:
+        """Where each of ``count`` shards of an unsharded ``plan`` should be read, and its chips.
 
         Shards keep chips over the same tiles together; each is placed by rendezvous
         hashing of its tiles over ``locations`` (the rest of each list: failover order).
@@ -179,7 +179,8 @@ class ChipEngine:
             plan.items, plan.bands, lambda row, band: self.headers.get(collection, row, band)
         )
         members = shard_members(keys, count)
-        return place_shards([shard_key(keys, m) for m in members], locations)
+        places = place_shards([shard_key(keys, m) for m in members], locations)
+        return places, [len(m) for m in members]
 
     def stream(
         self, collection: Collection, request: ChipRequest, *, prefetch: int = 2

@@ -28,7 +28,7 @@ from catalog import HeaderRecord, same_crs
 
 from ._geometry import transform_points
 from ._types import Grid
-from ._windows import GeoTransform, Window, choose_level
+from ._windows import SNAP_PX, GeoTransform, Window, choose_level
 
 __all__ = [
     "NearestIndex",
@@ -270,7 +270,7 @@ def sample_bilinear(
 def aligned_window(gt: GeoTransform, grid: Grid) -> Window | None:
     """The window of a level (geotransform ``gt``) matching the grid exactly, or None.
 
-    Same pixel size, no rotation, and an offset of whole pixels (within 1e-6):
+    Same pixel size, no rotation, and an offset of whole pixels (within ``SNAP_PX``):
     then the grid's pixels are the file's and a direct window read is exact.
     """
     x0, dx, rx, y0, ry, dy = grid.transform
@@ -280,7 +280,7 @@ def aligned_window(gt: GeoTransform, grid: Grid) -> Window | None:
         return None
     col = (x0 - gt[0]) / gt[1]
     row = (y0 - gt[3]) / gt[5]
-    if abs(col - round(col)) > 1e-6 or abs(row - round(row)) > 1e-6:
+    if abs(col - round(col)) > SNAP_PX or abs(row - round(row)) > SNAP_PX:
         return None
     return Window(round(col), round(row), grid.width, grid.height)
 

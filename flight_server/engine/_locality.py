@@ -28,8 +28,10 @@ import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
+import pyproj
 
 from catalog import HeaderRecord
+from cogflight_core import InvalidArgumentError
 
 from ._geometry import transform_points
 from ._types import Grid
@@ -77,7 +79,8 @@ def locality_keys(
         cy = np.array([_centre(grids[i])[1] for i in idx])
         try:
             xs, ys = transform_points(cx, cy, src, dst)
-        except Exception:  # a centre outside the CRS's area of use: no locality for them
+        except (pyproj.exceptions.ProjError, InvalidArgumentError, ValueError):
+            # centres PROJ cannot move between these CRSs: no locality for these chips
             xs, ys = np.zeros_like(cx), np.zeros_like(cy)
         at = 0
         for _, ref, members in parts:

@@ -182,7 +182,7 @@ def test_forked_child_reaches_server_through_helper(server) -> None:
     assert "nope" in out["not_found"]
     assert out["invalid"].startswith("bands: 'blue' not in Collection")
     assert out["rows"] == 4 and out["zero_copy"]
-    assert out["relayed"] == 7
+    assert out["relayed"] == 8  # 7 calls, plus the health call that learns the replicas
     assert out["transport"] == "RelayTransport"
 
 
@@ -198,8 +198,9 @@ def test_parent_client_in_a_forked_child(server) -> None:
     out = queue.get(timeout=120)
     child.join(timeout=60)
     assert child.exitcode == 0, "the child ended cleanly (no hang in gRPC teardown)"
-    # relayed: the stream, and a stats call inside it for each of its 4 batches
-    assert out == {"stats_mid_stream": True, "rows": 4, "relayed": 5, "closed": True}, out
+    # relayed: the stream, a stats call inside it for each of its 4 batches, and the
+    # health call with which Client.chips learns the replicas to resume at (once a client)
+    assert out == {"stats_mid_stream": True, "rows": 4, "relayed": 6, "closed": True}, out
     assert client.health()["status"] == "ok", "the parent's client is untouched"
 
 

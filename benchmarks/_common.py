@@ -54,3 +54,52 @@ def write_result(name: str, payload: dict[str, Any], directory: Path = RESULTS) 
     path = directory / f"{name}.json"
     path.write_text(json.dumps({"machine": machine(), **payload}, indent=2, default=str) + "\n")
     return path
+
+
+def free_ports(n: int = 1) -> list[int]:
+    """``n`` distinct free loopback ports (held together while chosen)."""
+    import socket
+
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def start_server(args: list[str], log: Path) -> subprocess.Popen[bytes]:
+    """``cogflight -q serve ARGS`` in a subprocess, its log appended to ``log``.
+
+    The log goes to a file: a pipe nobody reads would fill and block the server's logging.
+    """
+    import sys
+
+    exe = Path(sys.executable).with_name("cogflight")
+    with log.open("ab") as fh:
+        return subprocess.Popen(
+            [str(exe), "-q", "serve", *args], stdout=subprocess.DEVNULL, stderr=fh
+        )
+
+
+def wait_ready(location: str, proc: subprocess.Popen[bytes], timeout: float = 90.0) -> None:
+    """Wait until the server at ``location`` answers ``health`` (or fail if it exits)."""
+    import time
+
+    from pyarrow import flight
+
+    client = flight.connect(location)
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            try:
+                list(client.do_action(flight.Action("health", b"")))
+                return
+            except flight.FlightError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError(f"cogflight serve at {location} did not start") from None
+                time.sleep(0.1)
+    finally:
+        client.close()

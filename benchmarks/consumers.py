@@ -37,7 +37,6 @@ import json
 import os
 import random
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -48,7 +47,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from benchmarks._common import RESULTS, write_result
+from benchmarks._common import RESULTS, free_ports, start_server, wait_ready, write_result
 
 __all__ = ["CONSUMERS", "main", "run"]
 
@@ -219,12 +218,6 @@ def query_doc(size: int, chip: int, positions: int, seed: int = 0) -> dict[str, 
             "geometries": {"bbox": boxes, "crs": "EPSG:32633"}}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _stat(pid: int) -> list[str]:
     """Fields of ``/proc/PID/stat`` after the command name (state first)."""
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -275,26 +268,16 @@ def _machine_cpu_s() -> float:
 
 
 def _serve(root: Path, data: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
-    import flight_client as fc
-
-    port = _free_port()
-    exe = Path(sys.executable).with_name("cogflight")
-    proc = subprocess.Popen(
-        [str(exe), "-q", "serve", "--root", str(root), "--port", str(port), "--allow", str(data),
-         "--cache-bytes", "2GiB"],
-        stdout=subprocess.DEVNULL, stderr=log.open("wb"))
+    (port,) = free_ports()
+    proc = start_server(["--root", str(root), "--port", str(port), "--allow", str(data),
+                         "--cache-bytes", "2GiB"], log)
     location = f"grpc://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            with fc.connect(location) as client:
-                client.health()
-            return proc, location
-        except fc.CogflightError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise RuntimeError(f"cogflight serve did not start; see {log}") from None
-            time.sleep(0.1)
+    try:
+        wait_ready(location, proc, timeout=60)
+    except RuntimeError:
+        proc.kill()
+        raise RuntimeError(f"cogflight serve did not start; see {log}") from None
+    return proc, location
 
 
 def run(*, quick: bool = False, results: Path = RESULTS, shards: int = 4, reps: int | None = None,

@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks._common import RESULTS, write_result
+from benchmarks._common import RESULTS, free_ports, start_server, wait_ready, write_result
 
 __all__ = ["main", "run"]
 
@@ -51,21 +51,10 @@ BOXES = 20
 AOI = (400, 400, 1000)  # column, row, size (pixels) of the area the boxes fall in
 
 
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [int(s.getsockname()[1]) for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
 def _consecutive_ports(n: int) -> int:
     """A first port such that ``n`` consecutive ports are free (for --workers)."""
     for _ in range(50):
-        (first,) = _free_ports(1)
+        (first,) = free_ports(1)
         try:
             socks = []
             for k in range(n):
@@ -120,29 +109,6 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _start(args: list[str], log: Path) -> subprocess.Popen[bytes]:
-    exe = Path(sys.executable).with_name("cogflight")
-    with log.open("ab") as fh:
-        return subprocess.Popen([str(exe), "-q", "serve", *args], stdout=subprocess.DEVNULL,
-                                stderr=fh)
-
-
-def _wait_ready(location: str, proc: subprocess.Popen[bytes]) -> None:
-    from pyarrow import flight
-
-    client = flight.connect(location)
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            list(client.do_action(flight.Action("health", b"")))
-            client.close()
-            return
-        except flight.FlightError:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise RuntimeError(f"server at {location} did not start") from None
-            time.sleep(0.1)
-
-
 def _pids(locations: list[str]) -> list[int]:
     from pyarrow import flight
 
@@ -195,23 +161,23 @@ def _contender(kind: str, root: Path, allow: str, tmp: Path, shards: int) -> dic
     common = ["--root", str(root), "--allow", allow, "--cache-bytes", "1GiB"]
     procs = []
     if kind == "one":
-        (port,) = _free_ports(1)
-        procs.append(_start([*common, "--port", str(port)], log))
+        (port,) = free_ports(1)
+        procs.append(start_server([*common, "--port", str(port)], log))
         locations = [f"grpc://127.0.0.1:{port}"]
     elif kind == "workers_2":
         port = _consecutive_ports(2)
-        procs.append(_start([*common, "--port", str(port), "--workers", "2"], log))
+        procs.append(start_server([*common, "--port", str(port), "--workers", "2"], log))
         locations = [f"grpc://127.0.0.1:{port}", f"grpc://127.0.0.1:{port + 1}"]
     else:
-        ports = _free_ports(3)
+        ports = free_ports(3)
         locations = [f"grpc://127.0.0.1:{p}" for p in ports]
         advertise = [a for loc in locations for a in ("--advertise", loc)]
         for p in ports:
-            procs.append(_start([*common, "--port", str(p), *advertise], log))
+            procs.append(start_server([*common, "--port", str(p), *advertise], log))
     try:
         owners = procs if len(procs) == len(locations) else procs * len(locations)
         for loc, proc in zip(locations, owners, strict=True):
-            _wait_ready(loc, proc)
+            wait_ready(loc, proc)
         pids = _pids(locations)
         cpu0 = sum(_cpu_seconds(p) for p in pids)
         result = _read(locations[0], shards)

@@ -24,6 +24,7 @@ from pyarrow import flight
 
 from cogflight_core._fork import grpc_inherited, mark_grpc_started
 
+from ._counters import count
 from ._errors import call, translated
 
 __all__ = ["DirectTransport", "Transport", "keep_inherited", "open_transport"]
@@ -31,6 +32,23 @@ __all__ = ["DirectTransport", "Transport", "keep_inherited", "open_transport"]
 # Transports a forked process inherited: closing or freeing their gRPC channels runs gRPC
 # teardown on threads that stayed in the parent, which hangs. Kept until the process ends.
 _INHERITED: list[Transport] = []
+
+# Every column buffer of a received batch aligned for its type. gRPC hands over a message
+# that arrived in one network read as that read's memory, at whatever address the message
+# had there (messages spread over several reads it copies into fresh, aligned memory, where
+# the server's padding aligns the body); the IPC reader copies the buffers of such a
+# message into aligned memory once, in C++, so that tensors never need to.
+_READ_OPTIONS = pa.ipc.IpcReadOptions(ensure_alignment=pa.ipc.Alignment.DataTypeSpecific)
+
+
+def _count_alignment(batch: pa.RecordBatch) -> None:
+    """Count a batch whose buffers the reader copied to align them (they have no parent)."""
+    for column in batch.columns:
+        array = column.storage if isinstance(column, pa.ExtensionArray) else column
+        for buf in array.buffers():
+            if buf is not None and buf.size:
+                count("aligned_on_read" if buf.parent is None else "received_in_place")
+                return
 
 
 class Transport(Protocol):
@@ -90,7 +108,7 @@ class DirectTransport:
         self._replaced: list[flight.FlightClient] = []
 
     def _options(self) -> flight.FlightCallOptions:
-        return flight.FlightCallOptions(headers=self._headers)
+        return flight.FlightCallOptions(headers=self._headers, read_options=_READ_OPTIONS)
 
     def connection(self, location: str | None = None) -> flight.FlightClient:
         """The FlightClient for ``location`` (default: the client's server)."""
@@ -128,6 +146,7 @@ class DirectTransport:
                         chunk = reader.read_chunk()
                     except StopIteration:
                         return
+                _count_alignment(chunk.data)
                 yield chunk.data
         finally:
             reader.cancel()  # stops the server's work when the consumer stops early

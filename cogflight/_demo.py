@@ -96,8 +96,8 @@ def _stream(collections: Path, name: str) -> None:
     for label, what in (("cold", "tiles fetched and decoded"), ("warm", "tile cache")):
         r = got[label]
         print(
-            f"   {label} ({what}): {r['chips']} chips in {r['batches']} batches of "
-            f"{r['batch_shape']} "
+            f"   {label} ({what}): {r['chips']} chips of {r['chip_shape']} in "
+            f"{r['batches']} batches (up to {r['batch_rows']}) "
             f"{r['dtype']}, {r['mb']:.0f} MB; first batch after {r['first_batch_s']:.3f} s, "
             f"all in {r['total_s']:.2f} s = {r['chips_per_s']:.0f} chips/s "
             f"({r['mb'] / r['total_s']:.0f} MB/s); tensors sharing the received buffers "
@@ -146,7 +146,7 @@ def stream_demo(
                 tensors = fc.to_torch(batch)
                 if first is None:
                     first = time.perf_counter() - t
-                    shape, dtype = list(tensors["chip"].shape), tensors["chip"].dtype
+                    shape, dtype = list(tensors["chip"].shape[1:]), tensors["chip"].dtype
                 batches += 1
                 n += len(tensors["chip"])
                 nbytes += tensors["chip"].nbytes
@@ -159,7 +159,8 @@ def stream_demo(
                 "first_batch_s": first,
                 "total_s": total,
                 "chips_per_s": n / total,
-                "batch_shape": shape,
+                "chip_shape": shape,
+                "batch_rows": query["batch_rows"],
                 "dtype": str(dtype),
                 "zero_copy": after["zero_copy"] - before["zero_copy"],
                 "copied": after["realigned"] - before["realigned"],

@@ -219,7 +219,13 @@ class ChipQuery(TypedDict, total=False):
     ]
     batch_rows: Annotated[
         int,
-        Field("int", "64", "chips per RecordBatch", checks.positive_int),
+        Field(
+            "int",
+            "64",
+            "chips per RecordBatch in steady state; each stream starts with batches "
+            "of 1, 2, 4, ... chips",
+            checks.positive_int,
+        ),
     ]
     columns: Annotated[
         Sequence[str],

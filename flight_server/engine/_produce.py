@@ -1,11 +1,15 @@
 """Batch scheduling: renders a plan's chips batch by batch, delivering them in order.
 
-About two batches of chips are in flight at once so decoding never waits at a
-batch boundary; chips render straight into their batch's buffer, and batches
-are delivered strictly in order into a bounded queue (the stream's prefetch),
-so the producer runs at most that far ahead of its consumer. Each batch's
-tasks carry a batch number (:data:`~._pool.PRIORITY`): the decode pool works
-for the oldest batch first, so batch 1 never waits for batch 2's tiles.
+Batches start small and double up to ``batch_rows`` (1, 2, 4, ... chips), so the
+first chip of a stream is delivered as soon as its own tiles are in, one round
+trip to storage after the request, not after ``batch_rows`` chips; steady-state
+batches are full. About ``2 x batch_rows`` chips are in flight at once (the
+ramp's batches start together) so decoding never waits at a batch boundary;
+chips render straight into their batch's buffer, and batches are delivered
+strictly in order into a bounded queue (the stream's prefetch), so the producer
+runs at most that far ahead of its consumer. Each batch's tasks carry a batch
+number (:data:`~._pool.PRIORITY`): the decode pool works for the oldest batch
+first, so batch 1 never waits for batch 2's tiles.
 
 What goes into the queue: a :class:`Delivery` per batch (its chips and the
 chips skipped under ``on_error="skip"``), then ``None`` at the end, or the
@@ -36,7 +40,7 @@ from ._pool import PRIORITY
 from ._render import Render
 from ._types import Chip, ChipBatch, ChipPlan
 
-__all__ = ["Delivery", "produce"]
+__all__ = ["Delivery", "batch_sizes", "produce"]
 
 logger = logging.getLogger("cogflight.server")
 
@@ -62,6 +66,20 @@ class _Pending:
                 task.exception()  # already settled: retrieve so it is not logged
             else:
                 task.cancel()
+
+
+def batch_sizes(total: int, rows: int) -> Iterator[int]:
+    """Chips per batch for ``total`` chips: 1, 2, 4, ... doubling up to ``rows``, then ``rows``.
+
+    The ramp costs about log2(rows) extra batches per stream; it makes the first
+    batch of every stream (and of every endpoint, each its own stream) one chip.
+    """
+    size, left = 1, total
+    while left > 0:
+        take = min(size, rows, left)
+        yield take
+        left -= take
+        size *= 2
 
 
 async def produce(
@@ -107,11 +125,16 @@ class _Producer:
             )
             columns = meta_columns(render.collection, render.request.columns)
             rows = MetaRows(render.collection, columns, plan.steps)
-            size = self.batch_rows
-            for first in range(0, len(chips), size):
+            window = 2 * self.batch_rows  # chips in flight
+            first = inflight = 0
+            for size in batch_sizes(len(chips), self.batch_rows):
                 pending.append(self._start(chips[first : first + size]))
-                if len(pending) >= 2:
-                    await self._deliver(pending.popleft(), rows)
+                first += size
+                inflight += size
+                while inflight >= window:
+                    done = pending.popleft()
+                    inflight -= len(done.chips)
+                    await self._deliver(done, rows)
             while pending:
                 await self._deliver(pending.popleft(), rows)
             await self.queue.put(None)

@@ -126,7 +126,7 @@ def test_demo_console_script(tmp_path: Path) -> None:
     assert (tmp_path / "collections" / "demo.parquet").is_file()
     # The main job end to end: an embedded server streams chips into torch tensors.
     assert "5. embedded Flight server over collections/ at grpc+unix://" in proc.stdout
-    cold = re.search(r"cold .*: (\d+) chips in (\d+) batches of \[16, 4, 256, 256\] "
+    cold = re.search(r"cold .*: (\d+) chips of \[4, 256, 256\] in (\d+) batches \(up to 16\) "
                      r"torch.uint16, (\d+) MB; first batch after [\d.]+ s, .* chips/s .*"
                      r"sharing the received buffers (\d+), copied 0", proc.stdout)
     assert cold, proc.stdout

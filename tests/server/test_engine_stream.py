@@ -57,7 +57,7 @@ def test_async_iteration_matches_sync(collection: catalog.Collection) -> None:
 
         got = asyncio.run(consume())
         whole = asyncio.run(engine.read_async(collection, req))
-    assert [len(b) for b in got] == [3, 3, 3, 3]
+    assert [len(b) for b in got] == [1, 2, 3, 3, 3]  # the first batch ramps up
     for a, b in zip(got, expected, strict=True):
         np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(whole.chips, np.concatenate(expected))
@@ -83,7 +83,7 @@ def test_async_reads_block_no_thread(collection: catalog.Collection) -> None:
         return [len(r) for r in results] + [len(batches)]
 
     with ChipEngine() as engine:
-        assert asyncio.run(main(engine)) == [12, 12, 12, 12, 4]
+        assert asyncio.run(main(engine)) == [12, 12, 12, 12, 5]
 
 
 def test_leaving_an_async_stream_early_closes_it(collection: catalog.Collection) -> None:
@@ -108,7 +108,7 @@ def test_leaving_an_async_stream_early_closes_it(collection: catalog.Collection)
         return False  # it finished first: also fine for the engine
 
     with ChipEngine() as engine:
-        assert asyncio.run(first_only(engine)) == 3
+        assert asyncio.run(first_only(engine)) == 1
         asyncio.run(cancelled(engine))
         assert len(engine.read(collection, req)) == 12  # the engine carries on
 
@@ -191,3 +191,39 @@ def test_a_forked_child_that_must_fetch_fails_with_what_to_do(
         assert (status, kind) == ("error", "UpstreamError")
         assert "forked" in str(message) and "forkserver" in str(message)
         assert len(engine.read(collection, _request())) == 12
+
+
+def test_batches_ramp_up_from_one_chip_to_batch_rows() -> None:
+    from flight_server.engine._produce import batch_sizes
+
+    assert list(batch_sizes(300, 64)) == [1, 2, 4, 8, 16, 32, 64, 64, 64, 45]
+    assert list(batch_sizes(5, 64)) == [1, 2, 2]
+    assert list(batch_sizes(4, 1)) == [1, 1, 1, 1]
+    assert list(batch_sizes(0, 8)) == []
+    for total in range(0, 200, 7):
+        assert sum(batch_sizes(total, 16)) == total
+
+
+def test_every_stream_starts_with_a_one_chip_batch(collection: catalog.Collection) -> None:
+    """The first chip comes out alone, then batches double to batch_rows; pixels unchanged."""
+    geoms = [_box(i * 10, i * 8, 30, 20) for i in range(20)]
+    ramped = ChipRequest.create(geometries=geoms, geometry_crs="EPSG:32633", batch_rows=8)
+    whole = ChipRequest.create(geometries=geoms, geometry_crs="EPSG:32633", batch_rows=1000)
+    with ChipEngine() as engine:
+        batches = list(engine.stream(collection, ramped))
+        reference = engine.read(collection, whole)
+        sharded = [len(b) for b in engine.stream(collection, ChipRequest.create(
+            geometries=geoms, geometry_crs="EPSG:32633", batch_rows=8, shard=(1, 2)))]
+    n = len(reference)
+    assert [len(b) for b in batches] == list(_sizes(n, 8))
+    assert sharded[:2] == [1, 2]  # each endpoint's stream ramps too
+    np.testing.assert_array_equal(np.concatenate([b.chips for b in batches]), reference.chips)
+
+
+def _sizes(total: int, rows: int) -> list[int]:
+    out, size = [], 1
+    while total > 0:
+        out.append(min(size, rows, total))
+        total -= out[-1]
+        size *= 2
+    return out

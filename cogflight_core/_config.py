@@ -182,6 +182,14 @@ class EngineSettings:
         shown="256 MiB",
     )
     max_endpoints: int = _setting(1024, "endpoints (shards) one plan may ask for", minimum=1)
+    allocator_retain_bytes: int = _setting(
+        1024**3,
+        "freed memory the C allocator (glibc) keeps for reuse instead of returning it to the "
+        "OS: fresh memory costs a page fault per 4 KiB; 0 leaves the allocator as it is",
+        parse_bytes,
+        minimum=0,
+        shown="1 GiB",
+    )
 
 
 @dataclass(frozen=True, slots=True)

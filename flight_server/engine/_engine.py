@@ -20,6 +20,7 @@ from catalog import settings as catalog_settings
 from cogflight_core import EngineSettings, InvalidArgumentError
 from cogflight_core._config import with_updates
 
+from ._allocator import tune_allocator
 from ._assemble import fill_value
 from ._cache import TileCache
 from ._headers import HeaderCache
@@ -84,6 +85,7 @@ class ChipEngine:
             max_chips=max_chips,
         )
         s = self.settings
+        tune_allocator(s.allocator_retain_bytes)
         self.cache = TileCache(s.cache_bytes)
         self.headers = HeaderCache()
         self.policy = policy if policy is not None else AccessPolicy.open()

@@ -19,6 +19,7 @@ import numpy as np
 from catalog import HeaderRecord, ImageRecord
 from cogflight_core import DecodeError, LimitExceededError
 
+from ._jpeg import decode_ycbcr
 from ._windows import TileRef
 
 __all__ = ["decode_mask_tile", "decode_tile"]
@@ -139,6 +140,10 @@ def _jpeg(data: bytes | memoryview, img: ImageRecord, spp: int) -> np.ndarray:
     if img.planar_config != 1:
         outcolorspace = 1
     elif img.photometric == 6:  # YCbCr: GDAL returns RGB
+        # 4:2:0 and 4:4:4 as GDAL's libjpeg 9 decodes them; other subsamplings below.
+        rgb = decode_ycbcr(bytes(data), img.jpeg_tables, img.tile_height, img.tile_width)
+        if rgb is not None:
+            return rgb
         outcolorspace = 2
     elif img.photometric == 2:
         colorspace, outcolorspace = 2, 2

@@ -1,9 +1,10 @@
 """Batch scheduling: renders a plan's chips batch by batch, delivering them in order.
 
-Batches start small and double up to ``batch_rows`` (1, 2, 4, ... chips), so the
-first chip of a stream is delivered as soon as its own tiles are in, one round
-trip to storage after the request, not after ``batch_rows`` chips; steady-state
-batches are full. About ``2 x batch_rows`` chips are in flight at once (the
+Batches start small and double up to ``batch_rows`` (1, 2, 4, ... chips), and
+the first chip is fetched alone (up to :data:`LEAD_S`) before the rest start, so
+it is delivered about one round trip to storage after the request, not after
+``batch_rows`` chips that share the bandwidth with it; steady-state batches are
+full. About ``2 x batch_rows`` chips are in flight at once (the
 ramp's batches start together) so decoding never waits at a batch boundary;
 chips render straight into their batch's buffer, and batches are delivered
 strictly in order into a bounded queue (the stream's prefetch), so the producer
@@ -43,6 +44,9 @@ from ._types import Chip, ChipBatch, ChipPlan
 __all__ = ["Delivery", "batch_sizes", "produce"]
 
 logger = logging.getLogger("cogflight.server")
+
+#: Longest the first chip of a stream is fetched alone before the rest start (seconds).
+LEAD_S = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +135,9 @@ class _Producer:
                 pending.append(self._start(chips[first : first + size]))
                 first += size
                 inflight += size
+                if first == size and len(chips) > size:
+                    await self._lead(pending, rows)
+                    inflight = sum(len(p.chips) for p in pending)
                 while inflight >= window:
                     done = pending.popleft()
                     inflight -= len(done.chips)
@@ -147,6 +154,20 @@ class _Producer:
         finally:
             for batch in pending:
                 batch.cancel()
+
+    async def _lead(self, pending: collections.deque[_Pending], rows: MetaRows) -> None:
+        """Give the first chip the storage to itself for a moment, then deliver it.
+
+        With every chip of the window started at once, the first one's ranges share
+        the bandwidth (and the loop) with ~2 x ``batch_rows`` others and arrive with
+        them; alone, they arrive after one round trip. Waiting costs the stream at
+        most :data:`LEAD_S` once, and nothing when its tiles are cached.
+        """
+        lead = pending[0]
+        await asyncio.wait(lead.tasks, timeout=LEAD_S)
+        if all(task.done() for task in lead.tasks):
+            pending.popleft()
+            await self._deliver(lead, rows)
 
     def _start(self, part: list[Chip]) -> _Pending:
         """Start rendering one batch's chips into a fresh buffer, at the next priority."""

@@ -227,3 +227,31 @@ def _sizes(total: int, rows: int) -> list[int]:
         total -= out[-1]
         size *= 2
     return out
+
+
+def test_the_first_chip_is_fetched_alone(scenes: list[Path], monkeypatch) -> None:
+    """Until the first chip is delivered, only its own ranges were requested; then the rest."""
+    from flight_server.engine import _produce
+    from tests.support.servers import RangeServer
+
+    monkeypatch.setattr(_produce, "LEAD_S", 60.0)  # deterministic on a loaded machine
+    geoms = [_box(i * 20, i * 20, 40, 40) for i in range(8)]
+    with RangeServer(scenes[0].parent, latency=0.02) as http:
+        col = catalog.build_from_files({"a": {"b": http.url_for(scenes[0])}}, progress=False)
+        req = ChipRequest.create(geometries=geoms, geometry_crs="EPSG:32633", batch_rows=4,
+                                 bands=["b"])
+        alone = ChipRequest.create(geometries=geoms[:1], geometry_crs="EPSG:32633",
+                                   bands=["b"])
+        with ChipEngine() as engine:
+            http.reset()
+            engine.read(col, alone)
+            first_chip_requests = http.requests
+        with ChipEngine() as engine:
+            http.reset()
+            stream = engine.stream(col, req)
+            first = next(stream)
+            at_first = http.requests
+            rest = list(stream)
+    assert len(first) == 1 and first_chip_requests >= 1
+    assert at_first == first_chip_requests
+    assert sum(len(b) for b in rest) == 7 and http.requests > at_first

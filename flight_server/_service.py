@@ -302,7 +302,7 @@ class FlightService(flight.FlightServerBase):  # type: ignore[misc]
         request = dataclasses.replace(self._request(collection, query, None), skip=0)
         plan = self.engine.plan(collection, request)
         n = query.shard[1] if query.shard is not None else count
-        places, sizes = self.engine.place(collection, plan, n, self.locations)
+        places, sizes = self.engine.place(collection, plan, n, self.locations, request)
         picked = [query.shard[0]] if query.shard is not None else list(range(n))
         endpoints = [flight.FlightEndpoint(query.ticket((i, n)), places[i]) for i in picked]
         skip = int(query.request.get("skip") or 0)

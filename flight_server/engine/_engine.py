@@ -26,6 +26,7 @@ from ._cache import TileCache
 from ._headers import HeaderCache
 from ._locality import place_shards, shard_key, shard_members
 from ._plan import batch_rows, chip_keys, plan_request
+from ._plan_cache import PlanCache
 from ._produce import produce
 from ._render import Render
 from ._request import ChipRequest
@@ -87,6 +88,7 @@ class ChipEngine:
         s = self.settings
         tune_allocator(s.allocator_retain_bytes)
         self.cache = TileCache(s.cache_bytes)
+        self.plans = PlanCache()
         self.headers = HeaderCache()
         self.policy = policy if policy is not None else AccessPolicy.open()
         self._runtime = Runtime(
@@ -166,10 +168,16 @@ class ChipEngine:
             max_chips=s.max_chips,
             max_chip_pixels=s.max_chip_pixels,
             max_batch_bytes=s.max_batch_bytes,
+            cache=self.plans,
         )
 
     def place(
-        self, collection: Collection, plan: ChipPlan, count: int, locations: Sequence[str]
+        self,
+        collection: Collection,
+        plan: ChipPlan,
+        count: int,
+        locations: Sequence[str],
+        request: ChipRequest | None = None,
     ) -> tuple[list[list[str]], list[int]]:
         """Where each of ``count`` shards of an unsharded ``plan`` should be read, and its chips.
 
@@ -180,7 +188,13 @@ class ChipEngine:
         keys = chip_keys(
             plan.items, plan.bands, lambda row, band: self.headers.get(collection, row, band)
         )
-        members = shard_members(keys, count)
+        # The split its streams will cut (kept with the plan of ``request``, when given).
+        shards = self.plans.shards(collection, request, plan.bands) if request else None
+        members = shards.get(count) if shards is not None else None
+        if members is None:
+            members = shard_members(keys, count)
+            if shards is not None:
+                shards[count] = members
         places = place_shards([shard_key(keys, m) for m in members], locations)
         return places, [len(m) for m in members]
 

@@ -30,6 +30,7 @@ from ._arrow import band_metadata, chip_schema
 from ._columns import meta_columns, meta_schema
 from ._geometry import reproject_geometry
 from ._locality import locality_keys, shard_members
+from ._plan_cache import PlanCache
 from ._request import ChipRequest
 from ._types import Chip, ChipPlan, Grid
 from ._windows import GeoTransform, Window, centered_window, geometry_window, window_transform
@@ -244,8 +245,12 @@ def plan_request(
     max_chips: int,
     max_chip_pixels: int,
     max_batch_bytes: int | None = None,
+    cache: PlanCache | None = None,
 ) -> ChipPlan:
     """Plan a request: its chips (of its shard), their common shape and dtype, the schema.
+
+    ``cache`` keeps the chips (and shard splits) of recent requests, so that the
+    streams of a planned query do not plan it again.
 
     Raises:
         InvalidArgumentError: a field does not fit this Collection.
@@ -255,14 +260,21 @@ def plan_request(
     bands = select_bands(collection, request.bands)
     dtype = output_dtype(bands, request.dtype, request.scale_offset)
     columns = meta_columns(collection, request.columns)
-    chips = _chips(
-        collection,
-        request,
-        bands,
-        header_of,
-        max_chips=max_chips,
-        max_chip_pixels=max_chip_pixels,
-    )
+    def plan() -> list[Chip]:
+        return _chips(
+            collection,
+            request,
+            bands,
+            header_of,
+            max_chips=max_chips,
+            max_chip_pixels=max_chip_pixels,
+        )
+
+    shards: dict[int, list[list[int]]] = {}
+    if cache is None:
+        chips = plan()
+    else:
+        chips, shards = cache.chips(collection, request, bands, plan)
     if request.chip_size is not None:
         hw = request.chip_size
     else:
@@ -277,8 +289,10 @@ def plan_request(
     total = len(chips)
     if request.shard is not None and request.shard[1] > 1:
         index, count = request.shard  # the chips of one locality shard, in ordinal order
-        members = shard_members(chip_keys(chips, bands, header_of), count)[index]
-        chips = [chips[p] for p in members]
+        split = shards.get(count)
+        if split is None:
+            split = shards[count] = shard_members(chip_keys(chips, bands, header_of), count)
+        chips = [chips[p] for p in split[index]]
     chips = chips[request.skip :]  # a resumed stream: what its client already has
     schema = chip_schema(
         meta_schema(columns, request.time_series),

@@ -1,0 +1,75 @@
+"""The plan cache: a stream reuses the chips (and shard split) its GetFlightInfo planned."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import shapely
+
+import catalog
+from catalog.testing import synthetic_scene, write_cog
+from flight_server import ChipEngine, ChipRequest
+
+GT = (500000.0, 10.0, 0.0, 4100000.0, 0.0, -10.0)
+
+
+def _collection(tmp_path) -> catalog.Collection:
+    paths = []
+    for i in range(2):
+        p = tmp_path / f"s{i}.tif"
+        write_cog(p, synthetic_scene(256, 256, 1, i), geotransform=GT, epsg=32633, tile=64)
+        paths.append(p)
+    return catalog.build_from_files(paths, progress=False)
+
+
+def _request(**kw) -> ChipRequest:
+    pts = [shapely.Point(GT[0] + 10 * c, GT[3] - 10 * r) for c in range(20, 240, 20)
+           for r in range(20, 240, 40)]
+    kw.setdefault("chip_size", 32)
+    return ChipRequest.create(geometries=pts, geometry_crs="EPSG:32633", **kw)
+
+
+def test_streams_reuse_the_plan_and_split(tmp_path) -> None:
+    col = _collection(tmp_path)
+    with ChipEngine() as engine:
+        full = engine.plan(col, _request())
+        places, sizes = engine.place(col, full, 3, ["a", "b", "c"], _request())
+        assert engine.plans.misses == 1 and sum(sizes) == full.chips
+        parts = [engine.plan(col, _request(shard=(i, 3))) for i in range(3)]
+        assert engine.plans.misses == 1 and engine.plans.hits == 3
+        assert [p.chips for p in parts] == sizes
+        ordinals = sorted(c.index for p in parts for c in p.items)
+        assert ordinals == [c.index for c in full.items]
+        # The same pixels as planning afresh (a cold engine, no cache).
+        with ChipEngine() as fresh:
+            for i, part in enumerate(parts):
+                again = fresh.read(col, _request(shard=(i, 3)))
+                got = engine.read(col, dataclasses.replace(_request(shard=(i, 3))))
+                assert (again.chips == got.chips).all() and part.chips == len(got)
+
+
+def test_other_fields_and_collections_plan_again(tmp_path) -> None:
+    col = _collection(tmp_path)
+    reloaded = catalog.build_from_files([tmp_path / "s0.tif", tmp_path / "s1.tif"],
+                                        progress=False)
+    with ChipEngine() as engine:
+        engine.plan(col, _request())
+        engine.plan(col, _request(batch_rows=7, skip=3))  # same chips: a hit
+        assert (engine.plans.misses, engine.plans.hits) == (1, 1)
+        engine.plan(col, _request(chip_size=16))
+        engine.plan(reloaded, _request())
+        assert engine.plans.misses == 3
+        skipped = engine.plan(col, _request(skip=3))
+        assert skipped.chips == skipped.total_chips - 3
+
+
+def test_the_cache_is_bounded_by_chips(tmp_path) -> None:
+    col = _collection(tmp_path)
+    with ChipEngine() as engine:
+        engine.plans.max_chips = 100
+        n = engine.plan(col, _request()).total_chips
+        assert n > 50
+        engine.plan(col, _request(chip_size=16))  # pushes the first out
+        engine.plan(col, _request())
+        assert engine.plans.misses == 3
+        assert engine.plans._held <= 100

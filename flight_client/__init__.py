@@ -36,6 +36,7 @@ __all__ = [
     "CollectionNotFoundError",
     "DeadlineExceededError",
     "FlightGeoDataset",
+    "GeoBatchLoader",
     "InvalidArgumentError",
     "MissingDependencyError",
     "PermissionDeniedError",
@@ -63,6 +64,10 @@ def __getattr__(name: str) -> Any:
         from ._torchgeo import FlightGeoDataset
 
         return FlightGeoDataset
+    if name == "GeoBatchLoader":
+        from ._geoloader import GeoBatchLoader
+
+        return GeoBatchLoader
     return deprecated_attribute(
         __name__,
         name,

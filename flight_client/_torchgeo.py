@@ -9,20 +9,30 @@ one request for a grid exactly like ``rasterio.merge.merge`` builds (origin at
 the slice's ``xmin, ymax``, ``round(extent / res)`` pixels); scenes are mosaicked
 first-valid-wins, as ``RasterDataset`` does, or stacked ``[T, C, H, W]`` with
 ``time_series=True``. Scenes in other CRSs are reprojected by the server.
+A DataLoader batch (``__getitems__``) is one request for all its queries.
+
+Concurrency policy: the dataset may be read from several threads (the client is
+thread-safe; the scene index and its spatial index are built before threads start
+and only read in them). :class:`GeoBatchLoader` owns a bounded thread pool per epoch.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from cogflight_core import ChipQuery, InvalidArgumentError, MissingDependencyError
 
 from ._client import Client, connect
+from ._mosaic import as_bits, gather_rows
 from ._torch import to_torch
+
+if TYPE_CHECKING:
+    from ._geoloader import GeoBatchLoader
 
 try:
     import geopandas as gpd
@@ -81,6 +91,17 @@ class FlightGeoDataset(GeoDataset):
         filter: wire-contract filter (date range, cloud cover, ids, where) on scenes.
         transforms: applied to each sample, as in TorchGeo.
         root: Collections directory of the embedded server (``client=None``).
+
+    Batches: a DataLoader with a batch size calls ``__getitems__`` with the batch's
+    queries, and the batch is one request (one geometry per query; a batch mixing
+    resolutions or chip sizes, or whose time slices would pull scenes another query
+    leaves out, is split into as few requests as that needs). Samples equal
+    ``__getitem__``'s, query by query. Without DataLoader workers nothing overlaps
+    the requests with training; :meth:`loader` fetches the next batches in threads
+    while one is consumed (see :class:`GeoBatchLoader`). With workers, the
+    DataLoader's own ``prefetch_factor`` does that. The tensors of a batch's samples
+    are views of a few tensors per request (``stack_samples`` copies them into the
+    batch anyway); clone one to keep it without the rest.
     """
 
     def __init__(
@@ -214,58 +235,155 @@ class FlightGeoDataset(GeoDataset):
         auth = self.crs.to_authority()
         return f"{auth[0]}:{auth[1]}" if auth else self.crs.to_wkt()
 
-    def __getitem__(self, query: Any) -> dict[str, Any]:
-        """Pixels of the scenes intersecting ``query`` on its grid (see the class docs)."""
-        x, y, t = self._disambiguate_slice(query)
-        interval = pd.Interval(t.start, t.stop)
+    def _scene_index(self) -> gpd.GeoDataFrame:
+        """The scene index in the dataset CRS, its spatial index built.
+
+        Called before any prefetch thread starts, so threads only read it.
+        """
         if self._scenes is not self.index and self._scenes.crs != self.index.crs:
             self._scenes = self._scenes.to_crs(self.index.crs)  # the crs setter moved the index
-        scenes = self._scenes
-        hits = scenes.iloc[scenes.index.overlaps(interval)]
-        hits = hits.iloc[:: t.step or 1]
-        hits = hits.cx[x.start : x.stop, y.start : y.stop]
-        if hits.empty:
-            raise IndexError(f"query: {query} not found in index with bounds: {self.bounds}")
+        _ = self._scenes.sindex  # built once, here, not concurrently in threads
+        return self._scenes
+
+    def _resolve(self, query: Any, scenes: gpd.GeoDataFrame, view: _View) -> _Resolved:
+        """A query's grid and scenes (those of its time slice, every ``step``-th, under it).
+
+        Raises:
+            IndexError: no scene of the index is under the query.
+        """
+        x, y, t = _disambiguate(query, view.bounds)
+        box = (float(x.start), float(y.start), float(x.stop), float(y.stop))
+        under = scenes.sindex.query(shapely.box(*box), predicate="intersects")
+        interval = pd.Interval(t.start, t.stop)  # what IntervalIndex.overlaps would take
+        start, stop = interval.left.to_datetime64(), interval.right.to_datetime64()
+        overlap = (view.left <= stop) & (start < view.right)  # closed both / closed right
+        in_time = np.flatnonzero(overlap & (not interval.is_empty))
+        rows = np.intersect1d(in_time[:: t.step or 1], under)
+        if rows.size == 0:
+            raise IndexError(f"query: {query} not found in index with bounds: {view.bounds}")
         xres = float(x.step if x.step is not None else self.res[0])
         yres = float(y.step if y.step is not None else self.res[1])
-        order = list(hits["id"])
+        shape = (  # the server's grid (flight_server.engine.chip_grid)
+            max(1, round((box[3] - box[1]) / yres)),
+            max(1, round((box[2] - box[0]) / xres)),
+        )
+        return _Resolved(
+            query,
+            box,
+            (xres, yres),
+            shape,
+            tuple(rows.tolist()),
+            frozenset(np.setdiff1d(under, rows).tolist()),
+        )
+
+    def _requests(self, resolved: Sequence[_Resolved]) -> list[list[int]]:
+        """Which queries share a request (positions, in order).
+
+        One request has one resolution and one chip shape (the server pads every chip
+        to the largest), and the union of its queries' scenes as its filter; a query
+        joins a request only if that union holds no scene under the query that its
+        own time slice leaves out (nor holds one of its scenes that another query
+        there leaves out), so no chip is fetched only to be dropped.
+        """
+        groups: list[tuple[Any, set[int], set[int], list[int]]] = []
+        for k, r in enumerate(resolved):
+            key = (r.res, r.shape, len(r.rows) if self.time_series else 0)
+            for g_key, rows, left_out, members in groups:
+                if g_key == key and rows.isdisjoint(r.left_out) and left_out.isdisjoint(r.rows):
+                    rows.update(r.rows)
+                    left_out.update(r.left_out)
+                    members.append(k)
+                    break
+            else:
+                groups.append((key, set(r.rows), set(r.left_out), [k]))
+        return [members for *_, members in groups]
+
+    def _fetch(self, group: Sequence[_Resolved], scenes: gpd.GeoDataFrame) -> list[tuple[Any, Any]]:
+        """One request for a group of queries: each query's ``(data, valid)``.
+
+        Chips are grouped by ``geometry_index``; each query keeps only chips (or time
+        steps) of its own scenes, mosaicked first-valid-wins in its scene order. The
+        work is a few tensor ops per request, not per chip (in-process, the server's
+        threads take the GIL between ops); samples are views of per-request tensors.
+        """
+        union = sorted(set().union(*(r.rows for r in group)))
+        ids = scenes["id"].iloc[union].tolist()
+        id_of = dict(zip(union, ids, strict=True))
+        crs = self._crs_text()
         fields: ChipQuery = {
-            "geometries": [(float(x.start), float(y.start), float(x.stop), float(y.stop))],
-            "geometry_crs": self._crs_text(),
-            "crs": self._crs_text(),
-            "resolution": [xres, yres],
+            "geometries": [r.box for r in group],
+            "geometry_crs": crs,
+            "crs": crs,
+            "resolution": list(group[0].res),
             "resampling": self.resampling,
             "time_series": self.time_series,
-            "filter": {"ids": order},
-            "batch_rows": max(len(order), 1),
+            "filter": {"ids": ids},
+            "batch_rows": len(group) if self.time_series else sum(len(r.rows) for r in group),
         }
         if self.bands is not None:
             fields["bands"] = self.bands
-        batches = list(self.client.chips(self.collection, **fields))
-        if not batches or sum(b.num_rows for b in batches) == 0:
-            raise IndexError(f"query: {query} returned no chips")
-        parts = [to_torch(b) for b in batches]
-        out_dtype = torch.float32 if self.is_image else torch.long
-        chips = torch.cat([p["chip"].to(out_dtype) for p in parts])
-        valid = torch.cat([p["valid"] for p in parts])
-        scene_ids: list[Any] = [i for p in parts for i in p["id"]]
-        if self.time_series:
-            data, mask = chips[0], valid[0]  # [T, C, H, W], one geometry
-        else:
-            rank = {sid: k for k, sid in enumerate(order)}
-            sequence = sorted(range(len(scene_ids)), key=lambda k: rank.get(scene_ids[k], 0))
-            data = torch.zeros(chips.shape[1:], dtype=chips.dtype)
-            filled = torch.zeros(valid.shape[1:], dtype=torch.bool)
-            for k in sequence:  # first valid pixel wins, as rasterio.merge(method='first')
-                take = valid[k] & ~filled
-                data[:, take] = chips[k][:, take]
-                filled |= take
-            mask = filled
+        h, w = group[0].shape  # the server pads chips to a request's largest: crop
+        chips: list[Any] = []  # per received batch, pixels as stored (see as_bits)
+        valids: list[Any] = []
+        found: list[list[tuple[Any, tuple[int, int]]]] = [[] for _ in group]  # (id, at)
+        native = torch.float32
+        for n, batch in enumerate(self.client.chips(self.collection, **fields)):
+            part = to_torch(batch.select(["chip", "valid", "geometry_index", "id"]))
+            native = part["chip"].dtype
+            chips.append(as_bits(part["chip"])[..., :h, :w])
+            valids.append(part["valid"][..., :h, :w])
+            geometry = part["geometry_index"].tolist()
+            for j, (g, sid) in enumerate(zip(geometry, part["id"], strict=True)):
+                found[g].append((sid, (n, j)))
+        picks: list[list[tuple[int, int]]] = []  # each query's chips, in its scene order
+        steps: list[list[int] | None] = []  # time series: the steps it keeps (None: all)
+        for r, mine in zip(group, found, strict=True):
+            rank = {id_of[p]: k for k, p in enumerate(r.rows)}
+            ranked: list[tuple[int, tuple[int, int]]] = []
+            for sid, at in mine:
+                if self.time_series:  # one chip per geometry: the steps of its own scenes
+                    keep = [k for k, step in enumerate(sid) if step in rank]  # not padding
+                    if keep:
+                        ranked.append((0, at))
+                        steps.append(None if len(keep) == len(sid) else keep)
+                        break
+                elif sid in rank:
+                    ranked.append((rank[sid], at))
+            if not ranked:
+                raise IndexError(f"query: {r.query} returned no chips")
+            picks.append([at for _, at in sorted(ranked)])
+        dtype = torch.float32 if self.is_image else torch.long
+        firsts = [at[0] for at in picks]
+        data = gather_rows(chips, firsts)
+        mask = gather_rows(valids, firsts)
+        if self.time_series:  # as the server sent them
+            pixels = data.view(native).to(dtype)
+            return [
+                (pixels[q], mask[q]) if keep is None else (pixels[q][keep], mask[q][keep])
+                for q, keep in enumerate(steps)
+            ]
+        data.masked_fill_(~mask.unsqueeze(-3), 0)  # where no scene has data, as merge leaves it
+        for k in range(1, max(len(at) for at in picks)):  # first valid pixel wins
+            queries = [q for q, at in enumerate(picks) if len(at) > k]
+            qi = torch.tensor(queries)
+            d, m = data[qi], mask[qi]
+            take = gather_rows(valids, [picks[q][k] for q in queries]) & ~m
+            torch.where(
+                take.unsqueeze(-3), gather_rows(chips, [picks[q][k] for q in queries]), d, out=d
+            )
+            data[qi], mask[qi] = d, m | take
+        pixels = data.view(native).to(dtype)
+        return [(pixels[q], mask[q]) for q in range(len(group))]
+
+    def _sample(
+        self, r: _Resolved, scenes: gpd.GeoDataFrame, data: Any, mask: Any
+    ) -> dict[str, Any]:
+        """The TorchGeo sample of one query from its pixels, transforms applied."""
         sample: dict[str, Any] = {
             "crs": self.crs,
-            "bounds": query,
+            "bounds": r.query,
             "transform": torch.tensor(
-                [float(x.start), xres, 0.0, float(y.stop), 0.0, -yres], dtype=torch.float64
+                [r.box[0], r.res[0], 0.0, r.box[3], 0.0, -r.res[1]], dtype=torch.float64
             ),
             "valid": mask,
         }
@@ -274,10 +392,92 @@ class FlightGeoDataset(GeoDataset):
         else:
             sample["mask"] = data[..., 0, :, :] if self.time_series else data[0]
         if self.label_field is not None:
-            label = hits[self.label_field].iloc[0]
+            label = scenes[self.label_field].iloc[r.rows[0]]
             sample["label"] = (
                 torch.tensor(label) if isinstance(label, int | float | np.number) else label
             )
         if self.transforms is not None:
             sample = self.transforms(sample)
         return sample
+
+    def __getitem__(self, query: Any) -> dict[str, Any]:
+        """Pixels of the scenes intersecting ``query`` on its grid (see the class docs)."""
+        return self.__getitems__([query])[0]
+
+    def __getitems__(self, queries: Sequence[Any]) -> list[dict[str, Any]]:
+        """The samples of several queries (a DataLoader batch), in as few requests as can be.
+
+        PyTorch's DataLoader calls this with a batch's queries. Queries of one
+        resolution and chip shape go in one request (see ``_requests``); each sample
+        equals what ``__getitem__`` gives for its query alone.
+
+        Raises:
+            IndexError: a query has no scene (nothing is returned for the others).
+        """
+        scenes = self._scene_index()
+        view = _View(self.bounds, scenes.index.left.to_numpy(), scenes.index.right.to_numpy())
+        resolved = [self._resolve(q, scenes, view) for q in queries]
+        samples: list[dict[str, Any]] = [{} for _ in resolved]
+        for members in self._requests(resolved):
+            group = [resolved[k] for k in members]
+            for k, r, (data, mask) in zip(members, group, self._fetch(group, scenes), strict=True):
+                samples[k] = self._sample(r, scenes, data, mask)
+        return samples
+
+    def loader(
+        self,
+        sampler: Iterable[Any],
+        batch_size: int = 1,
+        *,
+        prefetch: int = 2,
+        collate_fn: Callable[[list[dict[str, Any]]], Any] | None = None,
+        drop_last: bool = False,
+    ) -> GeoBatchLoader:
+        """Batches of ``sampler``'s queries, fetched ``prefetch`` batches ahead in threads.
+
+        See :class:`GeoBatchLoader`; ``collate_fn`` defaults to TorchGeo's
+        ``stack_samples``.
+        """
+        from ._geoloader import GeoBatchLoader
+
+        return GeoBatchLoader(
+            self,
+            sampler,
+            batch_size,
+            prefetch=prefetch,
+            collate_fn=collate_fn,
+            drop_last=drop_last,
+        )
+
+
+def _disambiguate(query: Any, bounds: tuple[slice, slice, slice]) -> tuple[slice, slice, slice]:
+    """``GeoDataset._disambiguate_slice`` over bounds computed once for a whole batch."""
+    out = list(bounds)
+    for i, part in enumerate((query,) if isinstance(query, slice) else query):
+        start = part.start if part.start is not None else out[i].start
+        stop = part.stop if part.stop is not None else out[i].stop
+        step = part.step if part.step is not None else out[i].step
+        out[i] = slice(start, stop, step)
+    x, y, t = out
+    return x, y, t
+
+
+@dataclass(frozen=True)
+class _View:
+    """What resolving a batch of queries reads of the index, taken once per batch."""
+
+    bounds: tuple[slice, slice, slice]
+    left: np.ndarray  # scene intervals, closed on both sides
+    right: np.ndarray
+
+
+@dataclass(frozen=True, eq=False)
+class _Resolved:
+    """One query resolved against the scene index."""
+
+    query: Any  # as given: the sample's ``bounds``
+    box: tuple[float, float, float, float]
+    res: tuple[float, float]
+    shape: tuple[int, int]  # (height, width) of its grid
+    rows: tuple[int, ...]  # positions of its scenes in the scene index, in mosaic order
+    left_out: frozenset[int]  # scenes under it that its time slice leaves out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import threading
 from typing import Any
 
 import numpy as np
@@ -230,3 +231,173 @@ def test_errors_are_clear(world) -> None:
         ours[0:100, 0:100]
     with pytest.raises(fc.InvalidArgumentError, match="no scene matching"):
         fc.FlightGeoDataset(world["client"], "utm", filter={"ids": ["missing"]})
+
+
+# -- batches: __getitems__ and the prefetching loader ----------------------------------------
+
+
+def _assert_same_sample(a: dict[str, Any], b: dict[str, Any]) -> None:
+    assert a.keys() == b.keys()
+    for key, value in a.items():
+        if isinstance(value, torch.Tensor):
+            assert value.dtype == b[key].dtype and torch.equal(value, b[key]), key
+        else:
+            assert value == b[key], key
+
+
+def _streams(client: fc.Client) -> int:
+    return int(client.stats()["streams"])
+
+
+def _series_queries(ds: fc.FlightGeoDataset) -> list[Any]:
+    """Queries over the dated stack: whole spans and a spring slice, at three places."""
+    import pandas as pd
+
+    spring = slice(pd.Timestamp("2024-02-01"), pd.Timestamp("2024-06-01"))
+    grid = list(GridGeoSampler(ds, size=32, stride=96))
+    (x0, y0, t), (x1, y1, _), (x2, y2, _) = grid[0], grid[1], grid[5]
+    return [(x0, y0, spring), (x1, y1, t), (x2, y2, spring), (x1, y1, spring), (x0, y0, t)]
+
+
+@pytest.mark.parametrize("time_series", [False, True])
+def test_getitems_equals_getitem_over_time_slices(world: dict[str, Any], time_series: bool) -> None:
+    ds = fc.FlightGeoDataset(world["client"], "series", time_series=time_series)
+    queries = _series_queries(ds)
+    before = _streams(world["client"])
+    batch = ds.__getitems__(queries)
+    # A request holds no scene another of its queries leaves out: the spring slices
+    # share one, the whole spans another.
+    assert _streams(world["client"]) - before == 2
+    for query, sample in zip(queries, batch, strict=True):
+        _assert_same_sample(ds[query], sample)
+    steps = [s["image"].shape[0] for s in batch]
+    assert steps == ([2, 3, 2, 2, 3] if time_series else [1] * 5)
+
+
+def test_getitems_equals_getitem_over_mixed_scenes_and_grids(world: dict[str, Any]) -> None:
+    ours = fc.FlightGeoDataset(world["client"], "utm")
+    queries: list[Any] = list(RandomGeoSampler(ours, size=48, length=7))
+    t = queries[0][2]
+    queries.append((slice(503500.0, 503980.0), slice(4097000.0, 4097480.0), t))  # scenes 0, 1
+    queries += list(RandomGeoSampler(ours, size=40, length=3))  # another chip size
+    for x, y, t in list(RandomGeoSampler(ours, size=64, length=3)):  # 20 m instead of 10 m
+        queries.append((slice(x.start, x.stop, 20.0), slice(y.start, y.stop, 20.0), t))
+    before = _streams(world["client"])
+    batch = ours.__getitems__(queries)
+    assert _streams(world["client"]) - before == 3  # one request per grid
+    assert [tuple(s["image"].shape) for s in batch] == (
+        [(2, 48, 48)] * 8 + [(2, 40, 40)] * 3 + [(2, 32, 32)] * 3
+    )
+    assert list(ours._scenes.cx[503500:503980, 4097000:4097480]["id"]) == ["scene0", "scene1"]
+    for query, sample in zip(queries, batch, strict=True):
+        _assert_same_sample(ours[query], sample)
+    ref = Scenes(paths=str(world["utm"]))
+    for query, sample in zip(queries[:11], batch[:11], strict=True):
+        assert torch.equal(sample["image"], ref[query]["image"]), query
+
+
+def test_getitems_labels_transforms_and_a_query_without_scenes(world: dict[str, Any]) -> None:
+    def transform(sample: dict[str, Any]) -> dict[str, Any]:
+        return {**sample, "mask": sample["mask"] * 10, "seen": True}
+
+    ds = fc.FlightGeoDataset(world["client"], "labels", is_image=False, label_field="region",
+                             transforms=transform)
+    queries = list(RandomGeoSampler(ds, size=40, length=5))
+    batch = ds.__getitems__(queries)
+    for query, sample in zip(queries, batch, strict=True):
+        _assert_same_sample(ds[query], sample)
+        assert sample["seen"] and sample["label"] == "north"
+        assert int(sample["mask"].min()) >= 10
+    assert ds.__getitems__([]) == []
+    (x, y, t), nowhere = queries[0], (slice(0, 100), slice(0, 100))
+    with pytest.raises(IndexError, match="not found in index"):
+        ds.__getitems__([(x, y, t), nowhere])
+    import pandas as pd
+
+    instant = pd.Timestamp("2024-01-01")
+    with pytest.raises(IndexError, match="not found in index"):  # an empty time slice
+        ds[x, y, slice(instant, instant)]
+
+
+def test_dataloader_batch_is_one_request(world: dict[str, Any]) -> None:
+    ours = fc.FlightGeoDataset(world["client"], "utm")
+    queries = list(RandomGeoSampler(ours, size=64, length=12))
+    before = _streams(world["client"])
+    loader = DataLoader(ours, sampler=queries, batch_size=4, collate_fn=stack_samples)
+    batches = list(loader)
+    assert _streams(world["client"]) - before == 3
+    images = torch.cat([b["image"] for b in batches])
+    assert [q for b in batches for q in b["bounds"]] == queries
+    for k, query in enumerate(queries):
+        assert torch.equal(images[k], ours[query]["image"]), query
+
+
+def _prefetch_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("cogflight-geo-prefetch")]
+
+
+def test_loader_prefetches_the_same_batches_in_order(world: dict[str, Any]) -> None:
+    ours = fc.FlightGeoDataset(world["client"], "utm", bands=["nir"])
+    queries = list(RandomGeoSampler(ours, size=48, length=10))
+    expected = list(DataLoader(ours, sampler=queries, batch_size=4, collate_fn=stack_samples))
+    for prefetch in (0, 1, 3):
+        batches = ours.loader(queries, batch_size=4, prefetch=prefetch)
+        assert len(batches) == 3
+        before = _streams(world["client"])
+        for _ in range(2):  # each iteration is an epoch over the sampler
+            got = list(batches)
+            assert len(got) == 3 and [len(b["bounds"]) for b in got] == [4, 4, 2]
+            for a, b in zip(expected, got, strict=True):
+                assert a["bounds"] == b["bounds"] and torch.equal(a["image"], b["image"])
+                assert torch.equal(a["valid"], b["valid"])
+        assert _streams(world["client"]) - before == 6
+        assert not _prefetch_threads()
+    assert len(ours.loader(queries, batch_size=4, drop_last=True)) == 2
+    # For Lightning or pin_memory: a DataLoader over the batches, without re-batching.
+    wrapped = list(DataLoader(ours.loader(queries, batch_size=4), batch_size=None))
+    assert len(wrapped) == 3  # (its default_convert turns the bounds tuples into lists)
+    for a, b in zip(expected, wrapped, strict=True):
+        assert [list(q) for q in a["bounds"]] == b["bounds"]
+        assert torch.equal(a["image"], b["image"])
+    assert not _prefetch_threads()
+
+
+def test_loader_threads_end_when_abandoned_or_failing(world: dict[str, Any]) -> None:
+    import gc
+
+    ours = fc.FlightGeoDataset(world["client"], "utm", bands=["nir"])
+    queries = list(RandomGeoSampler(ours, size=32, length=40))
+    it = iter(ours.loader(queries, batch_size=2, prefetch=3))
+    first = next(it)
+    assert first["bounds"] == queries[:2]
+    assert _prefetch_threads(), "the next batches are fetched in the background"
+    it.close()  # the rest is never asked for: requests in flight end, nothing more is sent
+    assert not _prefetch_threads()
+    it = iter(ours.loader(queries, batch_size=2, prefetch=2))
+    next(it)
+    del it
+    gc.collect()
+    assert not _prefetch_threads()
+    nowhere = (slice(0, 100), slice(0, 100))
+    it = iter(ours.loader([*queries[:4], nowhere], batch_size=2, prefetch=2))
+    assert next(it)["bounds"] == queries[:2]
+    with pytest.raises(IndexError, match="not found in index"):
+        list(it)
+    assert not _prefetch_threads()
+    with pytest.raises(fc.InvalidArgumentError, match="prefetch"):
+        ours.loader(queries, batch_size=2, prefetch=-1)
+
+
+def test_loader_in_dataloader_workers_deals_batches_round_robin(world: dict[str, Any]) -> None:
+    with Server(str(world["root"]), port=0) as srv:
+        ours = fc.FlightGeoDataset(srv.location, "utm", bands=["nir"])
+        queries = list(GridGeoSampler(ours, size=128, stride=256))
+        expected = ours.__getitems__(queries)
+        got = list(DataLoader(ours.loader(queries, batch_size=3), batch_size=None,
+                              num_workers=2))
+        ours.client.close()
+    assert len(got) == -(-len(queries) // 3)
+    images = torch.cat([b["image"] for b in got])
+    assert images.shape[0] == len(queries)
+    for k, sample in enumerate(expected):
+        assert torch.equal(images[k], sample["image"])

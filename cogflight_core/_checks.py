@@ -93,6 +93,20 @@ def strings(what: str) -> Check:
     return check
 
 
+def string_lists(what: str) -> Check:
+    """A list of lists of strings (e.g. scene ids per geometry)."""
+
+    def check(value: Any, field: str) -> list[list[str]]:
+        expect(value, list, field, f"a list of lists of {what}")
+        for item in value:
+            expect(item, list, field, f"a list of lists of {what}")
+            for v in item:
+                expect(v, str, field, f"{what} (strings)")
+        return value  # type: ignore[no-any-return]
+
+    return check
+
+
 def positive_int(value: Any, field: str) -> int:
     expect(value, int, field, "a positive integer")
     if value < 1:

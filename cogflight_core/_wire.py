@@ -227,6 +227,16 @@ class ChipQuery(TypedDict, total=False):
             checks.positive_int,
         ),
     ]
+    geometry_scenes: Annotated[
+        Sequence[Sequence[str]],
+        Field(
+            "[[string]]",
+            "every scene the filter selects",
+            "per geometry, the ids of the scenes it takes (one list per geometry): many "
+            "samples, each over its own scenes or dates, in one request",
+            checks.string_lists("scene ids"),
+        ),
+    ]
     columns: Annotated[
         Sequence[str],
         Field(

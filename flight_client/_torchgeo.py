@@ -273,30 +273,20 @@ class FlightGeoDataset(GeoDataset):
             (xres, yres),
             shape,
             tuple(rows.tolist()),
-            frozenset(np.setdiff1d(under, rows).tolist()),
         )
 
     def _requests(self, resolved: Sequence[_Resolved]) -> list[list[int]]:
         """Which queries share a request (positions, in order).
 
         One request has one resolution and one chip shape (the server pads every chip
-        to the largest), and the union of its queries' scenes as its filter; a query
-        joins a request only if that union holds no scene under the query that its
-        own time slice leaves out (nor holds one of its scenes that another query
-        there leaves out), so no chip is fetched only to be dropped.
+        to the largest) and, for time series, one number of steps; each query names
+        its own scenes (``geometry_scenes``), so none gets another's dates.
         """
-        groups: list[tuple[Any, set[int], set[int], list[int]]] = []
+        groups: dict[Any, list[int]] = {}
         for k, r in enumerate(resolved):
             key = (r.res, r.shape, len(r.rows) if self.time_series else 0)
-            for g_key, rows, left_out, members in groups:
-                if g_key == key and rows.isdisjoint(r.left_out) and left_out.isdisjoint(r.rows):
-                    rows.update(r.rows)
-                    left_out.update(r.left_out)
-                    members.append(k)
-                    break
-            else:
-                groups.append((key, set(r.rows), set(r.left_out), [k]))
-        return [members for *_, members in groups]
+            groups.setdefault(key, []).append(k)
+        return list(groups.values())
 
     def _fetch(self, group: Sequence[_Resolved], scenes: gpd.GeoDataFrame) -> list[tuple[Any, Any]]:
         """One request for a group of queries: each query's ``(data, valid)``.
@@ -318,6 +308,7 @@ class FlightGeoDataset(GeoDataset):
             "resampling": self.resampling,
             "time_series": self.time_series,
             "filter": {"ids": ids},
+            "geometry_scenes": [[id_of[row] for row in r.rows] for r in group],
             "batch_rows": len(group) if self.time_series else sum(len(r.rows) for r in group),
         }
         if self.bands is not None:
@@ -480,4 +471,3 @@ class _Resolved:
     res: tuple[float, float]
     shape: tuple[int, int]  # (height, width) of its grid
     rows: tuple[int, ...]  # positions of its scenes in the scene index, in mosaic order
-    left_out: frozenset[int]  # scenes under it that its time slice leaves out

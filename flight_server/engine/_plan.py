@@ -187,6 +187,8 @@ def _chips(
         geoms84,
         time_series=request.time_series,
     )
+    if request.geometry_scenes is not None:
+        groups = _own_scenes(groups, request, table.column("id").to_pylist())
     if len(groups) > max_chips:
         raise LimitExceededError(
             f"the request makes {len(groups)} chips, over the limit of {max_chips} "
@@ -205,6 +207,21 @@ def _chips(
             )
         chips.append(Chip(i, gi, chip_rows, grid, poly))
     return chips
+
+
+def _own_scenes(
+    groups: list[tuple[int, tuple[int, ...]]], request: ChipRequest, ids: Sequence[str]
+) -> list[tuple[int, tuple[int, ...]]]:
+    """Keep each geometry's chips (time steps) over the scenes ``geometry_scenes`` names."""
+    own = request.geometry_scenes
+    assert own is not None
+    if len(own) != len(request.geometries):
+        raise InvalidArgumentError(
+            f"geometry_scenes: {len(own)} lists for {len(request.geometries)} geometries; "
+            "give one list of scene ids per geometry"
+        )
+    kept = [(gi, tuple(r for r in rows if ids[r] in own[gi])) for gi, rows in groups]
+    return [(gi, rows) for gi, rows in kept if rows]
 
 
 def chip_keys(chips: Sequence[Chip], bands: Sequence[Band], header_of: HeaderOf) -> list[int]:

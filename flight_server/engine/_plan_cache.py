@@ -49,6 +49,7 @@ def _key(collection: Collection, request: ChipRequest, bands: tuple[Any, ...]) -
         request.mask,
         request.time_series,
         request.rows,
+        request.geometry_scenes,
         tuple(b.name for b in bands),
     )
 

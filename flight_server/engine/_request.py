@@ -107,6 +107,19 @@ def _batch_rows(value: Any, name: str) -> int:
     return int(value)
 
 
+def _scene_lists(value: Any, name: str) -> tuple[frozenset[str], ...]:
+    if isinstance(value, str) or not isinstance(value, Sequence):
+        raise InvalidArgumentError(f"{name}: expected a list of scene-id lists, one per geometry")
+    out = []
+    for item in value:
+        if isinstance(item, str) or not isinstance(item, Sequence):
+            raise InvalidArgumentError(f"{name}: expected a list of scene ids for each geometry")
+        if not all(isinstance(v, str) for v in item):
+            raise InvalidArgumentError(f"{name}: scene ids are strings")
+        out.append(frozenset(item))
+    return tuple(out)
+
+
 def _skip(value: Any, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
         raise InvalidArgumentError(f"{name}: expected an integer >= 0, got {value!r}")
@@ -150,6 +163,7 @@ _NORMALISE: dict[str, Callable[[Any, str], Any]] = {
     "dtype": _dtype,
     "scale_offset": _flag,
     "batch_rows": _batch_rows,
+    "geometry_scenes": _scene_lists,
     "columns": _columns,
     "on_error": _choice("raise", "skip"),
     "skip": _skip,
@@ -203,6 +217,7 @@ class ChipRequest:
     dtype: str | None = None
     scale_offset: bool = False
     batch_rows: int = 64
+    geometry_scenes: tuple[frozenset[str], ...] | None = None  # scene ids per geometry
     columns: tuple[str, ...] = ()
     on_error: Literal["raise", "skip"] = "raise"
     skip: int = 0  # chips of this stream (after ``shard``) left out at its start

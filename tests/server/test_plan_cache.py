@@ -73,3 +73,38 @@ def test_the_cache_is_bounded_by_chips(tmp_path) -> None:
         engine.plan(col, _request())
         assert engine.plans.misses == 3
         assert engine.plans._held <= 100
+
+
+def test_geometry_scenes_give_each_geometry_its_own_scenes(tmp_path) -> None:
+    """One request, each geometry over the scenes it names: as separate requests would."""
+    col = _collection(tmp_path)
+    ids = col.table.column("id").to_pylist()
+    pts = [shapely.Point(GT[0] + 600, GT[3] - 600), shapely.Point(GT[0] + 1200, GT[3] - 900),
+           shapely.Point(GT[0] + 1800, GT[3] - 300)]
+    own = [[ids[0]], [ids[1]], ids]
+    with ChipEngine() as engine:
+        one = engine.read(col, ChipRequest.create(
+            geometries=pts, geometry_crs="EPSG:32633", chip_size=32, geometry_scenes=own))
+        got = [(int(g), i) for g, i in zip(one.meta.column("geometry_index").to_pylist(),
+                                           one.meta.column("id").to_pylist(), strict=True)]
+        assert got == [(0, ids[0]), (1, ids[1]), (2, ids[0]), (2, ids[1])]
+        for k, (gi, sid) in enumerate(got):
+            alone = engine.read(col, ChipRequest.create(
+                geometries=[pts[gi]], geometry_crs="EPSG:32633", chip_size=32,
+                geometry_scenes=[[sid]]))
+            assert (alone.chips[0] == one.chips[k]).all()
+        series = engine.read(col, ChipRequest.create(
+            geometries=pts, geometry_crs="EPSG:32633", chip_size=32, time_series=True,
+            geometry_scenes=own))
+        assert [len([i for i in row if i]) for row in series.meta.column("id").to_pylist()] \
+            == [1, 1, 2]
+        import pytest
+
+        from cogflight_core import InvalidArgumentError
+
+        with pytest.raises(InvalidArgumentError, match="geometry_scenes: 1 lists for 3"):
+            engine.plan(col, ChipRequest.create(geometries=pts, geometry_crs="EPSG:32633",
+                                                geometry_scenes=[ids]))
+        with pytest.raises(InvalidArgumentError, match="geometry_scenes"):
+            ChipRequest.create(geometries=pts, geometry_crs="EPSG:32633",
+                               geometry_scenes="s0")

@@ -38,7 +38,7 @@ bench: $(STAMP)
 
 # The suite in a few minutes: 5490 px files, fewer chips.
 bench-quick: $(STAMP)
-	$(BIN)/python -m benchmarks.suite --quick
+	$(BIN)/python -m benchmarks.suite --quick --results benchmarks/results/quick
 
 clean:
 	rm -rf $(VENV) demo-data collections .pytest_cache .mypy_cache .ruff_cache

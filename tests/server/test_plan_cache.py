@@ -33,7 +33,7 @@ def test_streams_reuse_the_plan_and_split(tmp_path) -> None:
     col = _collection(tmp_path)
     with ChipEngine() as engine:
         full = engine.plan(col, _request())
-        places, sizes = engine.place(col, full, 3, ["a", "b", "c"], _request())
+        _, sizes = engine.place(col, full, 3, ["a", "b", "c"], _request())
         assert engine.plans.misses == 1 and sum(sizes) == full.chips
         parts = [engine.plan(col, _request(shard=(i, 3))) for i in range(3)]
         assert engine.plans.misses == 1 and engine.plans.hits == 3

@@ -215,6 +215,16 @@ def test_hostile_input_is_never_internal(served) -> None:
             elif how == 2:
                 client.get_flight_info(flight.FlightDescriptor.for_command(data), options=OPTIONS)
             elif how == 3:
+                try:
+                    data.decode("utf-8")
+                except UnicodeDecodeError:
+                    # Arrow refuses a path that is not UTF-8 while parsing the protobuf
+                    # (a `string` field), before the server's code sees it: INTERNAL, with
+                    # an empty message. Nothing of ours runs; the server carries on.
+                    with pytest.raises(flight.FlightInternalError):
+                        client.get_flight_info(flight.FlightDescriptor.for_path(data),
+                                               options=OPTIONS)
+                    continue
                 client.get_flight_info(flight.FlightDescriptor.for_path(data), options=OPTIONS)
             else:
                 kind = rng.choice(("describe", "describe", "stats", data.decode("latin-1")[:20]))

@@ -223,8 +223,19 @@ class ChipQuery(TypedDict, total=False):
             "int",
             "64",
             "chips per RecordBatch in steady state; each stream starts with batches "
-            "of 1, 2, 4, ... chips",
+            "of 1, 2, 4, ... chips (see `ramp`)",
             checks.positive_int,
+        ),
+    ]
+    ramp: Annotated[
+        bool,
+        Field(
+            "bool",
+            "`true`",
+            "start with a one-chip batch fetched alone, then 2, 4, ... chips: the first chip "
+            "after about one round trip; `false`: full batches from the start, for a consumer "
+            "that uses nothing before the whole stream has arrived",
+            checks.boolean,
         ),
     ]
     geometry_scenes: Annotated[

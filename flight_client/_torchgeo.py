@@ -309,6 +309,7 @@ class FlightGeoDataset(GeoDataset):
             "time_series": self.time_series,
             "filter": {"ids": ids},
             "geometry_scenes": [[id_of[row] for row in r.rows] for r in group],
+            "ramp": False,  # every chip is needed before the samples exist
             "batch_rows": len(group) if self.time_series else sum(len(r.rows) for r in group),
         }
         if self.bands is not None:

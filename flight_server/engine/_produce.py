@@ -86,6 +86,12 @@ def batch_sizes(total: int, rows: int) -> Iterator[int]:
         size *= 2
 
 
+def _full(total: int, rows: int) -> Iterator[int]:
+    """Chips per batch without the ramp: ``rows`` each, the rest last."""
+    for first in range(0, total, rows):
+        yield min(rows, total - first)
+
+
 async def produce(
     render: Render,
     plan: ChipPlan,
@@ -131,11 +137,14 @@ class _Producer:
             rows = MetaRows(render.collection, columns, plan.steps)
             window = 2 * self.batch_rows  # chips in flight
             first = inflight = 0
-            for size in batch_sizes(len(chips), self.batch_rows):
+            ramp = render.request.ramp
+            rows_per = self.batch_rows
+            sizes = batch_sizes(len(chips), rows_per) if ramp else _full(len(chips), rows_per)
+            for size in sizes:
                 pending.append(self._start(chips[first : first + size]))
                 first += size
                 inflight += size
-                if first == size and len(chips) > size:
+                if ramp and first == size and len(chips) > size:
                     await self._lead(pending, rows)
                     inflight = sum(len(p.chips) for p in pending)
                 while inflight >= window:

@@ -163,6 +163,7 @@ _NORMALISE: dict[str, Callable[[Any, str], Any]] = {
     "dtype": _dtype,
     "scale_offset": _flag,
     "batch_rows": _batch_rows,
+    "ramp": _flag,
     "geometry_scenes": _scene_lists,
     "columns": _columns,
     "on_error": _choice("raise", "skip"),
@@ -217,6 +218,7 @@ class ChipRequest:
     dtype: str | None = None
     scale_offset: bool = False
     batch_rows: int = 64
+    ramp: bool = True  # batches 1, 2, 4, ... with the first chip fetched alone
     geometry_scenes: tuple[frozenset[str], ...] | None = None  # scene ids per geometry
     columns: tuple[str, ...] = ()
     on_error: Literal["raise", "skip"] = "raise"

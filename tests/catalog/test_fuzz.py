@@ -361,6 +361,7 @@ VALID: dict[str, list[Any]] = {
     "scale_offset": [True],
     "batch_rows": [7],
     "columns": [["label"]],
+    "ramp": [False, True],
     "geometry_scenes": [[["a"]], [["a", "b"], []]],
     "shard": [{"index": 0, "count": 2}, {"count": 3}],
     "on_error": ["skip", "raise"],

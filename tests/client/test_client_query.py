@@ -62,6 +62,7 @@ CASES: dict[str, list[tuple[Any, Any]]] = {
     "dtype": [("float32", "float32")],
     "scale_offset": [(True, True)],
     "batch_rows": [(np.int32(7), 7)],
+    "ramp": [(np.bool_(False), False)],
     "geometry_scenes": [([("a",), ["b", "c"]], [["a"], ["b", "c"]])],
     "columns": [(("label",), ["label"])],
     "shard": [({"index": np.int64(1), "count": 3}, (1, 3)), ({"count": 4}, 4)],

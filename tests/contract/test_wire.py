@@ -33,6 +33,7 @@ WRONG = {
     "scale_offset": [],
     "batch_rows": 0,
     "columns": ["label", 3],
+    "ramp": "no",
     "geometry_scenes": [["s0"], "s1"],
     "shard": {"count": 0},
     "on_error": "ignore",

@@ -255,3 +255,15 @@ def test_the_first_chip_is_fetched_alone(scenes: list[Path], monkeypatch) -> Non
     assert len(first) == 1 and first_chip_requests >= 1
     assert at_first == first_chip_requests
     assert sum(len(b) for b in rest) == 7 and http.requests > at_first
+
+
+def test_ramp_false_gives_full_batches_from_the_start(collection: catalog.Collection) -> None:
+    geoms = [_box(i * 10, i * 8, 30, 20) for i in range(20)]
+    with ChipEngine() as engine:
+        full = list(engine.stream(collection, ChipRequest.create(
+            geometries=geoms, geometry_crs="EPSG:32633", batch_rows=8, ramp=False)))
+        ramped = engine.read(collection, ChipRequest.create(
+            geometries=geoms, geometry_crs="EPSG:32633", batch_rows=8))
+    n = len(ramped)
+    assert [len(b) for b in full] == [8] * (n // 8) + ([n % 8] if n % 8 else [])
+    np.testing.assert_array_equal(np.concatenate([b.chips for b in full]), ramped.chips)

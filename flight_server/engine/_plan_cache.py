@@ -9,7 +9,8 @@ fields, so they are kept here, with each shard split computed from them.
 
 Entries are keyed by the Collection object (a reloaded Collection is another
 key) and the fields that decide the chips; the cache holds at most
-``max_chips`` chips in all, least recently used out first.
+``max_chips`` chips and ``max_entries`` plans in all (plans of no chips count too),
+least recently used out first.
 
 Concurrency policy: thread-safe (one lock); planning itself runs outside it, so
 two threads planning the same request at once both plan (and store one result).
@@ -57,8 +58,9 @@ def _key(collection: Collection, request: ChipRequest, bands: tuple[Any, ...]) -
 class PlanCache:
     """The chips (and shard splits) of recently planned requests."""
 
-    def __init__(self, max_chips: int = 200_000) -> None:
+    def __init__(self, max_chips: int = 200_000, max_entries: int = 256) -> None:
         self.max_chips = max_chips
+        self.max_entries = max_entries
         self._lock = threading.Lock()
         self._entries: OrderedDict[Hashable, tuple[Collection, _Entry]] = OrderedDict()
         self._held = 0
@@ -93,7 +95,9 @@ class PlanCache:
                     self._held -= len(old[1].chips)
                 self._entries[key] = (collection, entry)  # holding it keeps id() unique
                 self._held += len(chips)
-                while self._held > self.max_chips and self._entries:
+                while self._entries and (
+                    self._held > self.max_chips or len(self._entries) > self.max_entries
+                ):
                     _, (_, dropped) = self._entries.popitem(last=False)
                     self._held -= len(dropped.chips)
         return chips, entry.shards

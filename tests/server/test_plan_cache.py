@@ -108,3 +108,15 @@ def test_geometry_scenes_give_each_geometry_its_own_scenes(tmp_path) -> None:
         with pytest.raises(InvalidArgumentError, match="geometry_scenes"):
             ChipRequest.create(geometries=pts, geometry_crs="EPSG:32633",
                                geometry_scenes="s0")
+
+
+def test_the_cache_is_bounded_by_entries(tmp_path) -> None:
+    """Plans of no chips (a query outside the data) cannot pile up either."""
+    col = _collection(tmp_path)
+    with ChipEngine() as engine:
+        engine.plans.max_entries = 5
+        for k in range(20):
+            far = [shapely.Point(GT[0] - 1e6 - k, GT[3])]
+            assert engine.plan(col, ChipRequest.create(
+                geometries=far, geometry_crs="EPSG:32633", chip_size=8)).chips == 0
+        assert len(engine.plans._entries) == 5

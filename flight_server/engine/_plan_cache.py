@@ -80,11 +80,11 @@ class PlanCache:
         """
         key = _key(collection, request, bands)
         with self._lock:
-            found = self._entries.get(key)
-            if found is not None and found[0] is collection:
+            found = self._find(key, collection)
+            if found is not None:
                 self._entries.move_to_end(key)
                 self.hits += 1
-                return found[1].chips, found[1].shards
+                return found.chips, found.shards
             self.misses += 1
         chips = plan()
         entry = _Entry(chips)
@@ -107,8 +107,13 @@ class PlanCache:
     ) -> dict[int, list[list[int]]] | None:
         """The shard splits of a request planned before (None: not in the cache)."""
         with self._lock:
-            found = self._entries.get(_key(collection, request, bands))
-            return found[1].shards if found is not None and found[0] is collection else None
+            found = self._find(_key(collection, request, bands), collection)
+            return found.shards if found is not None else None
+
+    def _find(self, key: Hashable, collection: Collection) -> _Entry | None:
+        """The entry of ``key`` if it is this very Collection's (under the lock)."""
+        found = self._entries.get(key)
+        return found[1] if found is not None and found[0] is collection else None
 
     def clear(self) -> None:
         """Forget every plan."""

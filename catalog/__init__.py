@@ -40,6 +40,7 @@ from ._geometry import GEOMETRY_TYPES, as_geometry, bbox_geometry, to_geometries
 from ._header import COMPRESSIONS, HeaderRecord, ImageRecord, parse_nodata
 from ._http import HttpReader
 from ._identity import ObjectIdentity
+from ._patches import make_patches, with_columns
 from ._policy import AccessPolicy
 from ._proj import crs as cached_crs
 from ._proj import same_crs
@@ -113,6 +114,7 @@ __all__ = [
     "is_range_past_end",
     "list_datasets",
     "load",
+    "make_patches",
     "normalize_href",
     "parse_bytes",
     "parse_date_range",
@@ -125,6 +127,7 @@ __all__ = [
     "settings",
     "to_geometries",
     "translate_storage_error",
+    "with_columns",
 ]
 
 

@@ -224,6 +224,12 @@ class Collection:
         sub = self._table.take(pa.array(np.asarray(indices, dtype=np.int64)))
         return Collection(sub.replace_schema_metadata(self._table.schema.metadata))
 
+    def with_columns(self, columns: Mapping[str, Any]) -> Collection:
+        """A new Collection with columns added or replaced (:func:`catalog.with_columns`)."""
+        from ._patches import with_columns
+
+        return with_columns(self, columns)
+
     # -- persistence -------------------------------------------------------------------------
     def to_parquet_bytes(self) -> bytes:
         """The Collection as GeoParquet bytes."""

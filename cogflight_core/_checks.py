@@ -29,6 +29,7 @@ __all__ = [
     "non_negative_int",
     "number",
     "number_or_pair",
+    "points",
     "positive_int",
     "shard",
     "string",
@@ -68,6 +69,17 @@ def boolean(value: Any, field: str) -> bool:
 def string(what: str) -> Check:
     def check(value: Any, field: str) -> str:
         return expect(value, str, field, what)  # type: ignore[no-any-return]
+
+    return check
+
+
+def flag_or_name(what: str) -> Check:
+    """True, false, or a non-empty string (``what``)."""
+
+    def check(value: Any, field: str) -> bool | str:
+        if isinstance(value, str) and value:
+            return value
+        return expect(value, bool, field, f"true, false or {what}")  # type: ignore[no-any-return]
 
     return check
 
@@ -231,3 +243,29 @@ def shard(value: Any, field: str) -> dict[str, int]:
 
 def ignore(value: Any, field: str) -> Any:  # checked with the field it belongs to
     return value
+
+
+MAX_NEIGHBOURHOOD = 15
+MAX_NEAREST_VALID = 32
+
+
+def points(value: Any, field: str) -> dict[str, int]:
+    """Point sampling: ``{"neighbourhood": odd n <= 15, "nearest_valid": 0..32}``."""
+    doc = expect(value, dict, field, 'an object like {"neighbourhood": 3, "nearest_valid": 2}')
+    extra = sorted(set(doc) - {"neighbourhood", "nearest_valid"})
+    if extra:
+        raise InvalidArgumentError(
+            f"{field}: unknown key {extra[0]!r}; use neighbourhood, nearest_valid"
+        )
+    size = expect(doc.get("neighbourhood", 1), int, f"{field}.neighbourhood", "an odd integer")
+    if size < 1 or size % 2 == 0 or size > MAX_NEIGHBOURHOOD:
+        raise InvalidArgumentError(
+            f"{field}.neighbourhood: expected an odd integer from 1 to {MAX_NEIGHBOURHOOD} "
+            f"(1: the pixel alone, 3: its 3x3 neighbourhood), got {size}"
+        )
+    reach = expect(doc.get("nearest_valid", 0), int, f"{field}.nearest_valid", "an integer")
+    if not 0 <= reach <= MAX_NEAREST_VALID:
+        raise InvalidArgumentError(
+            f"{field}.nearest_valid: expected pixels from 0 to {MAX_NEAREST_VALID}, got {reach}"
+        )
+    return {"neighbourhood": size, "nearest_valid": reach}

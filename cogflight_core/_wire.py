@@ -248,6 +248,18 @@ class ChipQuery(TypedDict, total=False):
             checks.string_lists("scene ids"),
         ),
     ]
+    patches: Annotated[
+        bool | str,
+        Field(
+            "bool or string",
+            "`false`",
+            "one chip per selected Collection row, cut from the row's own `geometry` "
+            "(`true`) or from the lon/lat WKB column named, over that row's own assets; "
+            "`geometries` is then optional and keeps the rows whose patch intersects one; "
+            "`geometry_index` is the row's position in the Collection",
+            checks.flag_or_name("a geometry column name"),
+        ),
+    ]
     columns: Annotated[
         Sequence[str],
         Field(
@@ -452,9 +464,10 @@ def parse_query(data: bytes | str | Mapping[str, Any]) -> Query:
             raise InvalidArgumentError(f"{chip_keys[0]}: not allowed with index: true")
         selected = _filter(doc["filter"], "filter") if "filter" in doc else {}
         return Query(name, True, selected, {}, None, None, doc)
-    if "geometries" not in doc:
+    if "geometries" not in doc and doc.get("patches") in (None, False):
         raise InvalidArgumentError(
-            'geometries: missing; e.g. {"bbox": [xmin, ymin, xmax, ymax], "crs": "EPSG:4326"}'
+            'geometries: missing; e.g. {"bbox": [xmin, ymin, xmax, ymax], "crs": "EPSG:4326"} '
+            '(or "patches": true for one chip per Collection row)'
         )
     fields = chip_fields()
     request: dict[str, Any] = {}

@@ -152,7 +152,7 @@ def build_query(collection: str, **fields: Unpack[ChipQuery]) -> dict[str, Any]:
         raise InvalidArgumentError(
             f"{unknown[0]}: unknown argument; the query's fields are {', '.join(specs)}"
         )
-    if fields.get("geometries") is None:
+    if fields.get("geometries") is None and not fields.get("patches"):
         raise InvalidArgumentError(
             "geometries: missing; give bbox tuples, (x, y) points, shapely geometries, WKB "
             "or GeoJSON"
@@ -169,7 +169,8 @@ def build_query(collection: str, **fields: Unpack[ChipQuery]) -> dict[str, Any]:
             doc[name] = wire
     query = _parsed(doc)
     # Every ticket names its geometries' CRS: the contract's default when none was given.
-    doc["geometries"].setdefault("crs", query.request["geometry_crs"])
+    if "geometries" in doc:
+        doc["geometries"].setdefault("crs", query.request["geometry_crs"])
     return doc
 
 

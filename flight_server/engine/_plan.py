@@ -15,7 +15,7 @@ Concurrency policy: pure functions; any thread may call them.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -30,6 +30,7 @@ from ._arrow import band_metadata, chip_schema
 from ._columns import meta_columns, meta_schema
 from ._geometry import reproject_geometry
 from ._locality import locality_keys, shard_members
+from ._patches import PATCH_CRS, patch_groups
 from ._plan_cache import PlanCache
 from ._request import ChipRequest
 from ._types import Chip, ChipPlan, Grid
@@ -119,14 +120,20 @@ def scene_groups(
 
 
 def chip_grid(
-    geometry: BaseGeometry, request: ChipRequest, crs: str, geotransform: GeoTransform
+    geometry: BaseGeometry,
+    request: ChipRequest,
+    crs: str,
+    geotransform: GeoTransform,
+    geometry_crs: str | None = None,
 ) -> tuple[Grid, BaseGeometry | None]:
     """The output grid of one geometry over a scene whose grid is ``crs``/``geotransform``.
 
-    Returns the grid and, when masking, the geometry in the grid's CRS.
+    ``geometry`` is in ``geometry_crs`` (default: the request's). Returns the grid
+    and, when masking, the geometry in the grid's CRS.
     """
+    source = geometry_crs or request.geometry_crs
     if request.crs is None and request.resolution is None:  # the scene's own pixels
-        g = reproject_geometry(geometry, request.geometry_crs, crs)
+        g = reproject_geometry(geometry, source, crs)
         if request.chip_size is not None:
             window = centered_window(g, geotransform, *request.chip_size)
         else:
@@ -147,7 +154,7 @@ def chip_grid(
         res_x, res_y = abs(geotransform[1]), abs(geotransform[5])
     else:
         res_x, res_y = request.resolution
-    g = reproject_geometry(geometry, request.geometry_crs, target)
+    g = reproject_geometry(geometry, source, target)
     minx, miny, maxx, maxy = g.bounds
     if request.chip_size is not None:
         h, w = request.chip_size
@@ -175,18 +182,24 @@ def _chips(
     if rows.size and (rows.min() < 0 or rows.max() >= n):
         raise InvalidArgumentError(f"rows: out of range for {n} scenes")
     table = collection.table
-    footprints = shapely.from_wkb(table.column("geometry").take(pa.array(rows)).to_pylist())
     try:
         geoms84 = [geometry_to_crs84(g, request.geometry_crs) for g in request.geometries]
     except Exception as exc:
         raise InvalidArgumentError(f"geometries: cannot project to lon/lat: {exc}") from exc
-    groups = scene_groups(
-        footprints,
-        rows,
-        table.column("datetime").to_pylist(),
-        geoms84,
-        time_series=request.time_series,
-    )
+    geometries: Sequence[BaseGeometry] | Mapping[int, BaseGeometry] = request.geometries
+    geometry_crs = request.geometry_crs
+    if request.patches:
+        groups, geometries = patch_groups(collection, request, rows, geoms84)
+        geometry_crs = PATCH_CRS
+    else:
+        footprints = shapely.from_wkb(table.column("geometry").take(pa.array(rows)).to_pylist())
+        groups = scene_groups(
+            footprints,
+            rows,
+            table.column("datetime").to_pylist(),
+            geoms84,
+            time_series=request.time_series,
+        )
     if request.geometry_scenes is not None:
         groups = _own_scenes(groups, request, table.column("id").to_pylist())
     if len(groups) > max_chips:
@@ -198,7 +211,7 @@ def _chips(
     chips = []
     for i, (gi, chip_rows) in enumerate(groups):
         ref = header_of(chip_rows[0], bands[0])
-        grid, poly = chip_grid(request.geometries[gi], request, ref.crs, ref.geotransform)
+        grid, poly = chip_grid(geometries[gi], request, ref.crs, ref.geotransform, geometry_crs)
         if grid.height * grid.width > max_chip_pixels:
             raise LimitExceededError(
                 f"geometry {gi} needs a {grid.height}x{grid.width} chip, over the limit of "
@@ -277,6 +290,7 @@ def plan_request(
     bands = select_bands(collection, request.bands)
     dtype = output_dtype(bands, request.dtype, request.scale_offset)
     columns = meta_columns(collection, request.columns)
+
     def plan() -> list[Chip]:
         return _chips(
             collection,

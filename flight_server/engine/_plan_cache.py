@@ -51,6 +51,7 @@ def _key(collection: Collection, request: ChipRequest, bands: tuple[Any, ...]) -
         request.time_series,
         request.rows,
         request.geometry_scenes,
+        request.patches,
         tuple(b.name for b in bands),
     )
 

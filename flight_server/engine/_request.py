@@ -120,6 +120,14 @@ def _scene_lists(value: Any, name: str) -> tuple[frozenset[str], ...]:
     return tuple(out)
 
 
+def _patches(value: Any, name: str) -> bool | str:
+    if isinstance(value, str) and value:
+        return value
+    if isinstance(value, bool | np.bool_):
+        return bool(value)
+    raise InvalidArgumentError(f"{name}: expected true, false or a geometry column name")
+
+
 def _skip(value: Any, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
         raise InvalidArgumentError(f"{name}: expected an integer >= 0, got {value!r}")
@@ -165,6 +173,7 @@ _NORMALISE: dict[str, Callable[[Any, str], Any]] = {
     "batch_rows": _batch_rows,
     "ramp": _flag,
     "geometry_scenes": _scene_lists,
+    "patches": _patches,
     "columns": _columns,
     "on_error": _choice("raise", "skip"),
     "skip": _skip,
@@ -205,7 +214,7 @@ class ChipRequest:
     defaults below are the only ones: the wire contract documents the same.
     """
 
-    geometries: tuple[BaseGeometry, ...]
+    geometries: tuple[BaseGeometry, ...] = ()  # optional with ``patches``
     geometry_crs: str = "EPSG:4326"
     bands: tuple[str, ...] | None = None
     chip_size: tuple[int, int] | None = None  # (height, width)
@@ -220,6 +229,7 @@ class ChipRequest:
     batch_rows: int = 64
     ramp: bool = True  # batches 1, 2, 4, ... with the first chip fetched alone
     geometry_scenes: tuple[frozenset[str], ...] | None = None  # scene ids per geometry
+    patches: bool | str = False  # one chip per row, from its own (or this column's) geometry
     columns: tuple[str, ...] = ()
     on_error: Literal["raise", "skip"] = "raise"
     skip: int = 0  # chips of this stream (after ``shard``) left out at its start
@@ -254,7 +264,7 @@ class ChipRequest:
                 f"{unknown[0]}: unknown field; ChipRequest.create takes "
                 f"{', '.join(n for n in known if n != 'shard')}, rows and shard"
             )
-        if "geometries" not in given:
+        if "geometries" not in given and given.get("patches") in (None, False):
             raise InvalidArgumentError(
                 "geometries: missing; give bbox tuples, shapely geometries, WKB or GeoJSON"
             )

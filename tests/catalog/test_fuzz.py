@@ -363,6 +363,7 @@ VALID: dict[str, list[Any]] = {
     "columns": [["label"]],
     "ramp": [False, True],
     "geometry_scenes": [[["a"]], [["a", "b"], []]],
+    "patches": [True, "centre"],
     "shard": [{"index": 0, "count": 2}, {"count": 3}],
     "on_error": ["skip", "raise"],
     "skip": [0, 3],

@@ -64,6 +64,7 @@ CASES: dict[str, list[tuple[Any, Any]]] = {
     "batch_rows": [(np.int32(7), 7)],
     "ramp": [(np.bool_(False), False)],
     "geometry_scenes": [([("a",), ["b", "c"]], [["a"], ["b", "c"]])],
+    "patches": [(np.bool_(True), True), ("centre", "centre")],
     "columns": [(("label",), ["label"])],
     "shard": [({"index": np.int64(1), "count": 3}, (1, 3)), ({"count": 4}, 4)],
     "on_error": [("skip", "skip")],

@@ -35,6 +35,7 @@ WRONG = {
     "columns": ["label", 3],
     "ramp": "no",
     "geometry_scenes": [["s0"], "s1"],
+    "patches": 1,
     "shard": {"count": 0},
     "on_error": "ignore",
     "skip": -1,

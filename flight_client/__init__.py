@@ -39,6 +39,7 @@ __all__ = [
     "GeoBatchLoader",
     "InvalidArgumentError",
     "MissingDependencyError",
+    "PatchDataset",
     "PermissionDeniedError",
     "ServerError",
     "UnavailableError",
@@ -64,6 +65,10 @@ def __getattr__(name: str) -> Any:
         from ._torchgeo import FlightGeoDataset
 
         return FlightGeoDataset
+    if name == "PatchDataset":
+        from ._patchset import PatchDataset
+
+        return PatchDataset
     if name == "GeoBatchLoader":
         from ._geoloader import GeoBatchLoader
 

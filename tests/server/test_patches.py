@@ -1,4 +1,4 @@
-"""Patch Collections: one chip per row, from the row's own geometry and assets (rasterio as oracle)."""
+"""Patch Collections: one chip per row, from its own geometry and assets (rasterio as oracle)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pytest
 import pyproj
+import pytest
 import rasterio
 import rasterio.features
 import shapely
@@ -16,53 +16,15 @@ from rasterio.windows import Window as RioWindow
 
 import catalog
 import flight_client
-from catalog.testing import synthetic_scene, write_cog
 from flight_server import ChipEngine, ChipRequest, InvalidArgumentError
+from tests.support.patches import GT, SHIFT, patch_table, scene_collection
 
-GT = (500000.0, 10.0, 0.0, 4100000.0, 0.0, -10.0)
 TO_UTM = pyproj.Transformer.from_crs("EPSG:4326", "EPSG:32633", always_xy=True)
-SHIFT = 2000.0  # scene b starts 200 pixels east of scene a: they overlap over 312 columns
-
-
-def _box(c0: int, r0: int, w: int, h: int) -> shapely.Polygon:
-    """A box (scene a's pixel grid) whose window is exactly (c0, r0, w, h): shrunk 1/4 pixel."""
-    x0, y0 = GT[0] + c0 * GT[1], GT[3] + r0 * GT[5]
-    return shapely.box(x0 + 2.5, y0 - h * 10 + 2.5, x0 + w * 10 - 2.5, y0 - 2.5)
 
 
 @pytest.fixture(scope="module")
 def scenes(tmp_path_factory: pytest.TempPathFactory) -> tuple[catalog.Collection, dict[str, Path]]:
-    base = tmp_path_factory.mktemp("patch-scenes")
-    paths = {}
-    for i, sid in enumerate(("a", "b")):
-        p = base / f"{sid}.tif"
-        gt = (GT[0] + SHIFT * i, *GT[1:])
-        write_cog(p, synthetic_scene(512, 512, 2, 7 + i), geotransform=gt, epsg=32633,
-                  nodata=0, tile=256)
-        paths[sid] = p
-    col = catalog.build_from_files(
-        {sid: {"b1": str(p)} for sid, p in paths.items()}, name="scenes", progress=False,
-        datetime={"a": dt.date(2024, 5, 1), "b": dt.date(2024, 6, 1)},
-    )
-    return col, paths
-
-
-def _patches(n: int = 24, seed: int = 3) -> pa.Table:
-    rng = np.random.default_rng(seed)
-    boxes, labels, splits = [], [], []
-    for i in range(n):
-        c0, r0 = int(rng.integers(0, 680)), int(rng.integers(0, 470))
-        w, h = int(rng.integers(8, 33)), int(rng.integers(8, 33))
-        c0 = min(c0, 712 - w)
-        boxes.append(_box(c0, r0, w, h))
-        labels.append(int(i % 5))
-        splits.append("train" if i % 3 else "val")
-    return pa.table({
-        "id": [f"p{i:02d}" for i in range(n)],
-        "geometry": shapely.to_wkb(boxes).tolist(),
-        "label": pa.array(labels, pa.int16()),
-        "split": splits,
-    })
+    return scene_collection(tmp_path_factory.mktemp("patch-scenes"))
 
 
 def _expected_rows(table: pa.Table) -> list[tuple[str, str]]:
@@ -80,7 +42,7 @@ def _expected_rows(table: pa.Table) -> list[tuple[str, str]]:
 
 def test_make_patches_joins_each_patch_to_the_scenes_it_lies_in(scenes) -> None:
     col, _ = scenes
-    table = _patches()
+    table = patch_table()
     pc = catalog.make_patches(col, table, crs="EPSG:32633", unmatched="drop")
     expected = _expected_rows(table)
     assert len(expected) > len({p for p, _ in expected})  # some patches lie in both scenes
@@ -93,7 +55,8 @@ def test_make_patches_joins_each_patch_to_the_scenes_it_lies_in(scenes) -> None:
                       strict=True))
     assert pc.table.column("label").to_pylist() == [labels[p] for p, _ in expected]
     assert pc.table.schema.field("label").type == pa.int16()
-    when = {"a": dt.datetime(2024, 5, 1, tzinfo=dt.UTC), "b": dt.datetime(2024, 6, 1, tzinfo=dt.UTC)}
+    when = {"a": dt.datetime(2024, 5, 1, tzinfo=dt.UTC),
+            "b": dt.datetime(2024, 6, 1, tzinfo=dt.UTC)}
     assert pc.table.column("datetime").to_pylist() == [when[s] for _, s in expected]
 
 
@@ -103,7 +66,7 @@ def test_unmatched_patches_raise_unless_dropped(scenes) -> None:
     with pytest.raises(InvalidArgumentError, match="1 of 1 patches lie in no scene"):
         catalog.make_patches(col, far)
     with pytest.raises(InvalidArgumentError, match="also a column"):
-        catalog.make_patches(col, _patches().append_column("crs", pa.array(["x"] * 24)),
+        catalog.make_patches(col, patch_table().append_column("crs", pa.array(["x"] * 24)),
                              crs="EPSG:32633", unmatched="drop")
     with pytest.raises(InvalidArgumentError, match="no geometry column"):
         catalog.make_patches(col, pa.table({"x": [1]}))
@@ -111,7 +74,7 @@ def test_unmatched_patches_raise_unless_dropped(scenes) -> None:
 
 def test_patch_chips_equal_rasterio_windows_of_their_own_scene(scenes) -> None:
     col, paths = scenes
-    pc = catalog.make_patches(col, _patches(), crs="EPSG:32633", unmatched="drop")
+    pc = catalog.make_patches(col, patch_table(), crs="EPSG:32633", unmatched="drop")
     with ChipEngine() as engine:
         res = engine.read(pc, ChipRequest.create(patches=True, columns=["patch_id", "label"]))
     assert len(res) == len(pc)  # one chip per row, not one per row x intersecting patch
@@ -132,7 +95,7 @@ def test_patch_chips_equal_rasterio_windows_of_their_own_scene(scenes) -> None:
 
 def test_patch_mode_options_and_errors(scenes) -> None:
     col, _ = scenes
-    pc = catalog.make_patches(col, _patches(), crs="EPSG:32633", unmatched="drop")
+    pc = catalog.make_patches(col, patch_table(), crs="EPSG:32633", unmatched="drop")
     with ChipEngine() as engine:
         sized = engine.read(pc, ChipRequest.create(patches=True, chip_size=16))
         assert sized.chips.shape == (len(pc), 1, 16, 16)
@@ -161,7 +124,7 @@ def test_patch_mode_options_and_errors(scenes) -> None:
 
 def test_with_columns_keeps_a_valid_collection(scenes, tmp_path: Path) -> None:
     col, _ = scenes
-    pc = catalog.make_patches(col, _patches(), crs="EPSG:32633", unmatched="drop")
+    pc = catalog.make_patches(col, patch_table(), crs="EPSG:32633", unmatched="drop")
     scores = np.linspace(0, 1, len(pc))
     out = pc.with_columns({"score": scores, "split": ["test"] * len(pc)})
     assert out.table.column("score").to_pylist() == scores.tolist()
@@ -179,7 +142,7 @@ def test_with_columns_keeps_a_valid_collection(scenes, tmp_path: Path) -> None:
 def test_patches_over_flight_pass_columns_and_filter_rows(scenes, tmp_path: Path,
                                                          start_server) -> None:
     col, _ = scenes
-    pc = catalog.make_patches(col, _patches(), crs="EPSG:32633", unmatched="drop",
+    pc = catalog.make_patches(col, patch_table(), crs="EPSG:32633", unmatched="drop",
                               name="patches")
     pc.save(tmp_path / "root" / "patches.parquet")
     server = start_server(tmp_path / "root")

@@ -90,3 +90,13 @@ def test_torchgeo_base_and_errors(served) -> None:
     with pytest.raises(flight_client.InvalidArgumentError, match="PatchDataset sets it"):
         flight_client.PatchDataset(client, "patches", time_series=True)
 
+
+
+def test_chip_dataset_in_patch_mode_yields_every_row_once(served) -> None:
+    client, patches, _ = served
+    ds = flight_client.ChipDataset(client, "patches", patches=True, chip_size=8,
+                                   columns=["label"], shuffle=True)
+    samples = list(ds)
+    assert sorted(s["id"] for s in samples) == sorted(patches.ids)
+    labels = dict(zip(patches.ids, patches.table.column("label").to_pylist(), strict=True))
+    assert all(int(s["label"]) == labels[s["id"]] for s in samples)

@@ -36,7 +36,7 @@ from ._collection import Collection, load
 from ._fetch import FetchStats, ObjectChangedError, RangeFetcher, Run, coalesce
 from ._filters import WHERE_OPS, SceneFilter, parse_date_range, select_rows
 from ._footprint import geometry_to_crs84
-from ._geometry import GEOMETRY_TYPES, as_geometry, bbox_geometry, to_geometries
+from ._geometry import GEOMETRY_TYPES, as_geometry, bbox_geometry, check_lonlat, to_geometries
 from ._header import COMPRESSIONS, HeaderRecord, ImageRecord, parse_nodata
 from ._http import HttpReader
 from ._identity import ObjectIdentity
@@ -107,6 +107,7 @@ __all__ = [
     "build_from_table",
     "cached_crs",
     "cached_transformer",
+    "check_lonlat",
     "coalesce",
     "default_registry",
     "geometry_to_crs84",

@@ -21,7 +21,8 @@ from cogflight_core import InvalidArgumentError
 
 from ._dates import parse_date_range
 from ._footprint import geometry_to_crs84
-from ._geometry import as_geometry, bbox_geometry
+from ._geometry import as_geometry, bbox_geometry, check_lonlat
+from ._proj import same_crs
 
 __all__ = ["WHERE_OPS", "SceneFilter", "parse_date_range", "select_rows"]
 
@@ -169,6 +170,8 @@ def select_rows(table: pa.Table, **filters: Unpack[SceneFilter]) -> np.ndarray:
             q84 = geometry_to_crs84(query, geometry_crs)
         except Exception as exc:
             raise InvalidArgumentError(f"geometry_crs: cannot use {geometry_crs!r}: {exc}") from exc
+        if same_crs(geometry_crs, "EPSG:4326"):
+            check_lonlat([query], "bbox" if geometry is None else "geometry")
         qxmin, qymin, qxmax, qymax = q84.bounds
         bb = table.column("bbox")
         pre = pc.and_(

@@ -33,7 +33,7 @@ from shapely.geometry.base import BaseGeometry
 
 from cogflight_core import InvalidArgumentError
 
-__all__ = ["GEOMETRY_TYPES", "as_geometry", "bbox_geometry", "to_geometries"]
+__all__ = ["GEOMETRY_TYPES", "as_geometry", "bbox_geometry", "check_lonlat", "to_geometries"]
 
 #: Geometry types a query may use (polygons select and mask; points and lines select).
 GEOMETRY_TYPES = (
@@ -88,6 +88,24 @@ def bbox_geometry(value: Sequence[float], where: str = "bbox") -> BaseGeometry:
     if xmin == xmax or ymin == ymax:
         return shapely.LineString([(xmin, ymin), (xmax, ymax)])
     return shapely.box(xmin, ymin, xmax, ymax)
+
+
+def check_lonlat(geometries: Sequence[BaseGeometry], where: str) -> None:
+    """Refuse EPSG:4326 coordinates outside longitude -180..180 / latitude -90..90.
+
+    Such values are almost always metres (UTM) sent without their CRS, or swapped axes;
+    projected, they would silently match nothing.
+    """
+    for i, g in enumerate(geometries):
+        xmin, ymin, xmax, ymax = g.bounds
+        if xmin < -180 or xmax > 180 or ymin < -90 or ymax > 90:
+            at = f" (geometry {i})" if len(geometries) > 1 else ""
+            raise InvalidArgumentError(
+                f"{where}: {_show(list(g.bounds))}{at} is outside EPSG:4326's range (longitude "
+                "-180..180, latitude -90..90); coordinates in metres need their CRS (the "
+                "query's geometries.crs, geometry_crs= in Python, e.g. 'EPSG:32633'), and "
+                "EPSG:4326 takes (longitude, latitude)"
+            )
 
 
 def _show(value: Any) -> str:

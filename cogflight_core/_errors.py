@@ -56,6 +56,7 @@ __all__ = [
     "DatasetNotFoundError",
     "DeadlineExceededError",
     "DecodeError",
+    "EmptyResultWarning",
     "HeaderError",
     "InvalidArgumentError",
     "LimitExceededError",
@@ -73,6 +74,10 @@ __all__ = [
     "UnsupportedLayoutError",
     "UpstreamError",
 ]
+
+
+class EmptyResultWarning(UserWarning):
+    """A query made no chip; the message says why (extents, filter) and what to check."""
 
 
 class CogflightError(Exception):

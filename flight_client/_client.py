@@ -48,7 +48,7 @@ from cogflight_core._fork import mark_grpc_started
 
 from ._query import build_index_query, build_query
 from ._retry import DEFAULT_RETRY, RetryPolicy, resumable
-from ._transport import DirectTransport, Transport, keep_inherited, open_transport
+from ._transport import DirectTransport, Transport, keep_inherited, open_transport, warn_empty
 
 __all__ = ["Client", "connect"]
 
@@ -227,7 +227,10 @@ class Client:
                 raise InvalidArgumentError("give shards= (endpoints to plan) or shard=, not both")
             doc["shard"] = {"count": int(shards)}
         descriptor = flight.FlightDescriptor.for_command(json.dumps(doc))
-        return self._transport().flight_info(descriptor)
+        info = self._transport().flight_info(descriptor)
+        if info.total_records == 0:
+            warn_empty(info.app_metadata)
+        return info
 
     def read_endpoint(self, endpoint: flight.FlightEndpoint) -> Iterator[pa.RecordBatch]:
         """Stream one endpoint's batches from its advertised locations, in order.

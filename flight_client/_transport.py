@@ -15,13 +15,16 @@ its own helper.
 
 from __future__ import annotations
 
+import json
 import threading
+import warnings
 from collections.abc import Iterator
 from typing import Protocol
 
 import pyarrow as pa
 from pyarrow import flight
 
+from cogflight_core import EmptyResultWarning
 from cogflight_core._fork import grpc_inherited, mark_grpc_started
 
 from ._counters import count
@@ -39,6 +42,19 @@ _INHERITED: list[Transport] = []
 # the server's padding aligns the body); the IPC reader copies the buffers of such a
 # message into aligned memory once, in C++, so that tensors never need to.
 _READ_OPTIONS = pa.ipc.IpcReadOptions(ensure_alignment=pa.ipc.Alignment.DataTypeSpecific)
+
+
+def warn_empty(app_metadata: pa.Buffer | bytes | None) -> bool:
+    """Raise the server's empty-result note as an :class:`EmptyResultWarning`; False if none."""
+    raw = bytes(app_metadata) if app_metadata is not None else b""
+    if not raw.startswith(b"{"):  # alignment padding is zero bytes
+        return False
+    try:
+        text = json.loads(raw)["warning"]
+    except (ValueError, KeyError, TypeError):
+        return False
+    warnings.warn(EmptyResultWarning(str(text)), stacklevel=4)
+    return True
 
 
 def _count_alignment(batch: pa.RecordBatch) -> None:
@@ -146,6 +162,8 @@ class DirectTransport:
                         chunk = reader.read_chunk()
                     except StopIteration:
                         return
+                if chunk.data.num_rows == 0 and warn_empty(chunk.app_metadata):
+                    continue  # the server's in-band note: the query makes no chip
                 _count_alignment(chunk.data)
                 yield chunk.data
         finally:

@@ -54,7 +54,7 @@ from ._metrics import CallRecord, Metrics
 from ._query import Query, parse_query
 from ._roots import CollectionRoot
 from ._streams import GONE, SHUTDOWN, Lease, StreamLimitError, StreamSlots, next_batch
-from .engine import ChipEngine, ChipRequest, ChipStream
+from .engine import ChipEngine, ChipRequest, ChipStream, explain_empty
 
 __all__ = ["FlightService", "load_tokens"]
 
@@ -314,7 +314,20 @@ class FlightService(flight.FlightServerBase):  # type: ignore[misc]
             list(plan.shape),
             len(endpoints),
         )
-        return flight.FlightInfo(plan.schema, descriptor, endpoints, chips, chips * plan.chip_bytes)
+        meta = b""
+        if plan.total_chips == 0:
+            meta = self._empty_warning(collection, request, "GetFlightInfo")
+        return flight.FlightInfo(
+            plan.schema, descriptor, endpoints, chips, chips * plan.chip_bytes, app_metadata=meta
+        )
+
+    def _empty_warning(
+        self, collection: Collection, request: ChipRequest, method: str, request_id: str = "-"
+    ) -> bytes:
+        """The wire's empty-result warning (``{"warning": ...}``), also logged."""
+        text = explain_empty(collection, request)
+        logger.warning("%s %s: %s", method, request_id, text, extra={"request_id": request_id})
+        return json.dumps({"warning": text}).encode()
 
     def get_schema(
         self, context: flight.ServerCallContext, descriptor: flight.FlightDescriptor
@@ -380,7 +393,10 @@ class FlightService(flight.FlightServerBase):  # type: ignore[misc]
             query.shard,
             extra={"request_id": request_id},
         )
-        batches = self._batches(context, lease, stream, query, record)
+        warning = None
+        if stream.plan.total_chips == 0:
+            warning = self._empty_warning(collection, request, "DoGet", request_id)
+        batches = self._batches(context, lease, stream, query, record, warning)
         return flight.GeneratorStream(stream.plan.schema, lease.watch(batches))
 
     def _batches(
@@ -390,6 +406,7 @@ class FlightService(flight.FlightServerBase):  # type: ignore[misc]
         stream: ChipStream,
         query: Query,
         record: CallRecord,
+        warning: bytes | None = None,
     ) -> Iterator[tuple[pa.RecordBatch, pa.Buffer]]:
         sent = 0
         outcome, code = "cancelled", "CANCELLED"
@@ -402,6 +419,9 @@ class FlightService(flight.FlightServerBase):  # type: ignore[misc]
                     break
                 if batch is None:
                     outcome, code = "done", "OK"
+                    if warning is not None:  # the query makes no chip: say why, in-band
+                        empty = pa.RecordBatch.from_pylist([], schema=stream.plan.schema)
+                        yield empty, pa.py_buffer(warning)
                     break
                 rb = batch.to_record_batch()
                 if header_len is None:

@@ -27,6 +27,7 @@ query geometries are read by :func:`catalog.to_geometries`.
 """
 
 from ._cache import CacheStats, TileCache
+from ._empty import explain_empty
 from ._engine import ChipEngine
 from ._request import RESAMPLING, ChipRequest
 from ._settings import EngineSettings, engine_settings
@@ -47,4 +48,5 @@ __all__ = [
     "Grid",
     "TileCache",
     "engine_settings",
+    "explain_empty",
 ]

@@ -17,7 +17,7 @@ from typing import Any, Literal, Unpack
 import numpy as np
 from shapely.geometry.base import BaseGeometry
 
-from catalog import to_geometries
+from catalog import check_lonlat, same_crs, to_geometries
 from cogflight_core import ChipQuery, InvalidArgumentError, chip_fields
 
 from ._geometry import parse_crs
@@ -271,6 +271,9 @@ class ChipRequest:
         values: dict[str, Any] = {
             name: _NORMALISE[name](value, name) for name, value in given.items()
         }
+        geometries = values.get("geometries", ())
+        if geometries and same_crs(values.get("geometry_crs", "EPSG:4326"), "EPSG:4326"):
+            check_lonlat(geometries, "geometries")
         return cls(**values, rows=_rows(rows), shard=_shard(shard))
 
 
